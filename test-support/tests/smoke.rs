@@ -2,6 +2,9 @@
 //! broker, a consumer group whose committed offset survives a broker restart, and (in process, on
 //! librdkafka's mock cluster) a transaction that commits a consumer's offsets with its output.
 
+// Helpers here are test code too: a failed expectation is the test failing.
+#![allow(clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
