@@ -20,8 +20,10 @@
 //! - [`services`]: where the broker and the database come from (environment or containers).
 //! - [`kafka`]: topics with unique names, client configuration, reading a topic back.
 //! - [`registry`]: fresh registries through `deploy/local/bootstrap_registry.py`.
+//! - [`proxy`]: a TCP proxy a test can cut, to take a service away from one client.
 
 pub mod kafka;
+pub mod proxy;
 pub mod registry;
 pub mod services;
 

@@ -1,0 +1,225 @@
+//! The command line. `butler-writer ingest` ingests messages from files, without Kafka: operators
+//! use it to replay a dead-letter dump or to backfill, and tests use it to drive the engine.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::error::EngineError;
+use crate::outcome::RejectReason;
+use crate::registry::{OpenOptions, Registry, StartupError};
+use crate::repository::ButlerConfig;
+
+/// The Butler Writer of Prompt Processing outputs.
+#[derive(Debug, Parser)]
+#[command(name = "butler-writer", version, about)]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace). The deployed writer's variable; `RUST_LOG`
+    /// takes a full filter instead.
+    #[arg(
+        long,
+        global = true,
+        env = "WRITER_DEBUG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ingest pp-output messages from files (one JSON value per line), one batch per file or per
+    /// `--batch-size` lines, and print what each batch did. Exit status: 0 when every message
+    /// was ingested, 1 when some message was rejected, 2 on an error.
+    Ingest(IngestArgs),
+}
+
+/// Arguments of `butler-writer ingest`.
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// The repository: its `butler.yaml`, or the directory holding it.
+    #[arg(long, env = "BUTLER_REPOSITORY")]
+    pub butler_config: PathBuf,
+
+    /// Messages per batch; by default each file is one batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+
+    /// `text` for people, `json` (one line per batch) for programs.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+
+    /// How many times to try a batch again when the database is unavailable.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+
+    /// Files of messages, one JSON value per line.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A line per batch and one per rejected message.
+    Text,
+    /// One JSON object per batch.
+    Json,
+}
+
+/// Starts logging to stderr: `RUST_LOG` if set, else the `--log-level`.
+pub fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_level.to_lowercase()));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Ingest(args) => match ingest(&args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(message) => {
+                eprintln!("butler-writer: {message}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+/// One batch's report, as `--output json` prints it.
+#[derive(Debug, Serialize)]
+struct BatchReport<'a> {
+    batch: usize,
+    source: &'a str,
+    first_line: usize,
+    messages: usize,
+    ingested: &'a [Uuid],
+    already_present: &'a [Uuid],
+    rejected: Vec<RejectedLine<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct RejectedLine<'a> {
+    line: usize,
+    reason: RejectReason,
+    error: &'a str,
+}
+
+/// Ingests the files; `Ok(true)` when nothing was rejected.
+async fn ingest(args: &IngestArgs) -> Result<bool, String> {
+    let config = ButlerConfig::from_path(&args.butler_config).map_err(|e| e.to_string())?;
+    let registry = Registry::open(&config, &OpenOptions::default())
+        .await
+        .map_err(|e: StartupError| e.to_string())?;
+    let mut everything_ingested = true;
+    let mut batch_number = 0;
+    let stdout = std::io::stdout();
+    for file in &args.files {
+        let lines = read_lines(file)?;
+        let size = args.batch_size.unwrap_or(lines.len()).max(1);
+        for chunk in lines.chunks(size) {
+            let values: Vec<&[u8]> = chunk.iter().map(|(_, v)| v.as_slice()).collect();
+            let outcome = ingest_with_retries(&registry, &values, args.retries).await?;
+            everything_ingested &= outcome.rejected.is_empty();
+            let source = file.display().to_string();
+            let report = BatchReport {
+                batch: batch_number,
+                source: &source,
+                first_line: chunk.first().map_or(0, |(n, _)| *n),
+                messages: chunk.len(),
+                ingested: &outcome.ingested,
+                already_present: &outcome.already_present,
+                rejected: outcome
+                    .rejected
+                    .iter()
+                    .map(|r| RejectedLine {
+                        line: chunk.get(r.index).map_or(0, |(n, _)| *n),
+                        reason: r.reason,
+                        error: &r.error,
+                    })
+                    .collect(),
+            };
+            let mut out = stdout.lock();
+            let written = match args.output {
+                Output::Json => serde_json::to_writer(&mut out, &report)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(out)),
+                Output::Text => write_text(&mut out, &report),
+            };
+            written.map_err(|e| format!("cannot write to stdout: {e}"))?;
+            batch_number += 1;
+        }
+    }
+    Ok(everything_ingested)
+}
+
+fn write_text(out: &mut impl Write, report: &BatchReport<'_>) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "batch {} ({} lines {}-{}): {} messages, {} datasets ingested, {} already present, {} messages rejected",
+        report.batch,
+        report.source,
+        report.first_line,
+        report.first_line + report.messages.saturating_sub(1),
+        report.messages,
+        report.ingested.len(),
+        report.already_present.len(),
+        report.rejected.len()
+    )?;
+    for rejected in &report.rejected {
+        writeln!(
+            out,
+            "  line {}: {}: {}",
+            rejected.line, rejected.reason, rejected.error
+        )?;
+    }
+    Ok(())
+}
+
+/// Non-empty lines of a file with their 1-based numbers.
+fn read_lines(path: &Path) -> Result<Vec<(usize, Vec<u8>)>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.strip_suffix(b"\r").unwrap_or(line)))
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(n, line)| (n, line.to_vec()))
+        .collect())
+}
+
+async fn ingest_with_retries(
+    registry: &Registry,
+    values: &[&[u8]],
+    retries: u32,
+) -> Result<crate::BatchOutcome, String> {
+    let mut attempt = 0;
+    loop {
+        match registry.ingest_values(values).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(EngineError::Retry(error)) if attempt < retries => {
+                attempt += 1;
+                let wait = Duration::from_secs(1 << attempt.min(5));
+                warn!(attempt, error = %crate::error::describe(&error), wait_s = wait.as_secs(), "database unavailable; retrying the batch");
+                tokio::time::sleep(wait).await;
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
