@@ -99,6 +99,10 @@ async fn bad_messages_are_rejected_with_their_reason_and_the_rest_lands() {
         .unwrap()
         .remove("visit");
 
+    let mut huge_region = factory.message(7_000_001, 12, 3);
+    let vertex = "000000000000f03f00000000000000000000000000000000"; // (1, 0, 0)
+    record_mut(&mut huge_region, "visit_detector_region")["region"] = format!("70{}", vertex.repeat(300)).into();
+
     let batch = vec![
         good.clone(),
         unknown_element,
@@ -112,6 +116,7 @@ async fn bad_messages_are_rejected_with_their_reason_and_the_rest_lands() {
         day_end,
         null_key,
         missing_data_id,
+        huge_region,
     ];
     let mut lines = to_lines(&batch);
     lines.push(b"{not json".to_vec());
@@ -133,7 +138,8 @@ async fn bad_messages_are_rejected_with_their_reason_and_the_rest_lands() {
             (9, OtherMessageType),
             (10, Invalid),
             (11, Invalid),
-            (12, Invalid),
+            (12, Unsupported),
+            (13, Invalid),
         ],
         "{:#?}",
         outcome.rejected

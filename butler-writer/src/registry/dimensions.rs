@@ -21,6 +21,11 @@ use super::model::{Tables, ident};
 use crate::outcome::RejectReason;
 use crate::universe::{Element, Field, FieldType, Universe};
 
+/// The most vertices a region may have. Real regions have a few (a detector) to a few dozen (a
+/// visit); the envelope of a malformed polygon costs about 10 ms per vertex (a garbage polygon
+/// touches nearly every trixel), so an absurd one could hold the writer for minutes.
+pub const MAX_REGION_VERTICES: usize = 256;
+
 /// A message fault found while preparing it: the reason class and the text.
 pub type Refusal = (RejectReason, String);
 
@@ -206,13 +211,20 @@ fn convert(
         }
         (FieldType::Hash { .. }, _) => Err(wrong("hex-encoded bytes")),
         (FieldType::Region, RecordValue::String(hex_text)) => match Region::from_hex(hex_text) {
-            Ok(region) if region.as_convex_polygon().is_some() => {
-                Ok(Value::String(region.to_base64()))
-            }
-            Ok(_) => Err(Conversion::Unsupported(format!(
-                "field `{}` holds a region kind whose HTM envelope this writer does not compute",
-                field.name
-            ))),
+            Ok(region) => match region.as_convex_polygon() {
+                Some(polygon) if polygon.vertices().len() > MAX_REGION_VERTICES => {
+                    Err(Conversion::Unsupported(format!(
+                        "field `{}` is a polygon of {} vertices; the writer accepts at most {MAX_REGION_VERTICES}",
+                        field.name,
+                        polygon.vertices().len()
+                    )))
+                }
+                Some(_) => Ok(Value::String(region.to_base64())),
+                None => Err(Conversion::Unsupported(format!(
+                    "field `{}` holds a region kind whose HTM envelope this writer does not compute",
+                    field.name
+                ))),
+            },
             Err(schema::RegionError::Unsupported { kind, .. }) => {
                 Err(Conversion::Unsupported(format!(
                     "field `{}` is a {kind}; this writer computes HTM overlaps of convex polygons only",
