@@ -21,16 +21,19 @@
 //! - [`kafka`]: topics with unique names, client configuration, reading a topic back.
 //! - [`registry`]: fresh registries through `deploy/local/bootstrap_registry.py`.
 //! - [`proxy`]: a TCP proxy a test can cut, to take a service away from one client.
+//! - [`s3`]: a moto S3 server of the test's own, with a bucket and enforced credentials.
 
 pub mod kafka;
 pub mod proxy;
 pub mod registry;
+pub mod s3;
 pub mod services;
 
 use std::path::PathBuf;
 
 pub use kafka::TestTopics;
 pub use registry::TestRegistry;
+pub use s3::TestS3;
 pub use services::{BrokerKind, TestEnv};
 
 /// The workspace root (where `deploy/` and `.venv` live).
