@@ -101,7 +101,8 @@ async fn bad_messages_are_rejected_with_their_reason_and_the_rest_lands() {
 
     let mut huge_region = factory.message(7_000_001, 12, 3);
     let vertex = "000000000000f03f00000000000000000000000000000000"; // (1, 0, 0)
-    record_mut(&mut huge_region, "visit_detector_region")["region"] = format!("70{}", vertex.repeat(300)).into();
+    record_mut(&mut huge_region, "visit_detector_region")["region"] =
+        format!("70{}", vertex.repeat(300)).into();
 
     let batch = vec![
         good.clone(),

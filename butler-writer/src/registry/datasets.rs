@@ -506,11 +506,25 @@ pub async fn insert_registry_rows(
     .fetch_all(&mut *conn)
     .await?;
 
+    // The summaries take a handful of distinct rows: computed here rather than by the server
+    // from the whole batch.
+    let run_id_of = |d: &PreparedDataset| match run_ids.get(&d.run) {
+        Some(RunState::Exists(id)) => Some(*id),
+        _ => None,
+    };
+    let type_pairs: BTreeSet<(i64, i64)> = datasets
+        .iter()
+        .filter_map(|d| run_id_of(d).map(|run| (run, d.dataset_type.id)))
+        .collect();
+    let summary_rows = Value::Array(
+        type_pairs.iter().map(|(run, type_id)| serde_json::json!({"collection_id": run, "dataset_type_id": type_id})).collect(),
+    );
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {ns}.collection_summary_dataset_type (collection_id, dataset_type_id)
-         SELECT DISTINCT run_id, dataset_type_id FROM {source} ON CONFLICT DO NOTHING"
+         SELECT collection_id, dataset_type_id FROM jsonb_to_recordset($1) AS n(collection_id int8, dataset_type_id int8)
+         ON CONFLICT DO NOTHING"
     )))
-    .bind(sqlx::types::Json(&payload))
+    .bind(sqlx::types::Json(&summary_rows))
     .execute(&mut *conn)
     .await?;
 
@@ -519,16 +533,36 @@ pub async fn insert_registry_rows(
         .filter(|g| dimensions.iter().any(|d| d == g))
     {
         let summary = format!("collection_summary_{governor}");
-        if tables.get(&summary).is_none() {
+        let Some(summary_table) = tables.get(&summary) else {
             continue;
-        }
+        };
+        let Some(position) = dimensions.iter().position(|d| d == governor) else {
+            continue;
+        };
+        let pairs: BTreeSet<(i64, String)> = datasets
+            .iter()
+            .filter_map(|d| Some((run_id_of(d)?, d.data_id.get(position)?.to_string())))
+            .collect();
+        let rows = Value::Array(
+            pairs
+                .iter()
+                .filter_map(|(run, value)| {
+                    let value: Value = serde_json::from_str(value).ok()?;
+                    Some(serde_json::json!({"collection_id": run, "value": value}))
+                })
+                .collect(),
+        );
+        let kind = summary_table
+            .column(governor)
+            .map_or("text", super::model::Column::record_type);
         let column = ident(governor);
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {ns}.{} (collection_id, {column})
-             SELECT DISTINCT run_id, {column} FROM {source} ON CONFLICT DO NOTHING",
+             SELECT collection_id, value FROM jsonb_to_recordset($1) AS n(collection_id int8, value {kind})
+             ON CONFLICT DO NOTHING",
             ident(&summary)
         )))
-        .bind(sqlx::types::Json(&payload))
+        .bind(sqlx::types::Json(&rows))
         .execute(&mut *conn)
         .await?;
     }
