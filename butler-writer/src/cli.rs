@@ -46,9 +46,10 @@ pub enum Command {
 /// Arguments of `butler-writer ingest`.
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
-    /// The repository: its `butler.yaml`, or the directory holding it.
+    /// The repository: its `butler.yaml`, or the directory holding it; a local path or
+    /// `s3://[profile@]bucket/prefix`.
     #[arg(long, env = "BUTLER_REPOSITORY")]
-    pub butler_config: PathBuf,
+    pub butler_config: String,
 
     /// Messages per batch; by default each file is one batch.
     #[arg(long)]
@@ -123,7 +124,7 @@ struct RejectedLine<'a> {
 
 /// Ingests the files; `Ok(true)` when nothing was rejected.
 async fn ingest(args: &IngestArgs) -> Result<bool, String> {
-    let config = ButlerConfig::from_path(&args.butler_config).map_err(|e| e.to_string())?;
+    let config = ButlerConfig::load(&args.butler_config).await.map_err(|e| e.to_string())?;
     let registry = Registry::open(&config, &OpenOptions::default())
         .await
         .map_err(|e: StartupError| e.to_string())?;

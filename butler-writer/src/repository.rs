@@ -82,6 +82,35 @@ pub struct ButlerConfig {
 const DEFAULT_RECORDS_TABLE: &str = "file_datastore_records";
 
 impl ButlerConfig {
+    /// Reads `butler.yaml` from a repository location as daf_butler users give it
+    /// (`BUTLER_REPOSITORY`): a local path or an `s3://[profile@]bucket/prefix` URI, naming the
+    /// file or the directory that holds it (a location not ending in `.yaml` is a directory, with
+    /// or without its trailing slash, as the deployments spell them).
+    pub async fn load(location: &str) -> Result<Self, RepositoryError> {
+        let read = |source: std::io::Error| RepositoryError::Read { location: location.to_owned(), source };
+        let path = resources::ResourcePath::parse(location).map_err(|e| read(std::io::Error::other(e.to_string())))?;
+        let is_yaml = path.basename().ends_with(".yaml") || path.basename().ends_with(".yml");
+        let file = if is_yaml && !path.is_dir() {
+            path
+        } else {
+            path.as_dir().join("butler.yaml").map_err(|e| read(std::io::Error::other(e.to_string())))?
+        };
+        let shown = file.to_string();
+        let bytes = file.read().await.map_err(|e| RepositoryError::Read {
+            location: shown.clone(),
+            source: if e.is_not_found() {
+                std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
+            } else {
+                std::io::Error::other(e.to_string())
+            },
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| RepositoryError::Read {
+            location: shown.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        Self::from_yaml(&text, shown)
+    }
+
     /// Reads `butler.yaml` from a path, which may name the file or the repository directory.
     pub fn from_path(path: &Path) -> Result<Self, RepositoryError> {
         let file = resolve_config_path(path);

@@ -553,3 +553,37 @@ fn url_port(url: &str) -> u16 {
     port.and_then(|p| p.parse().ok())
         .expect("a port in the database URL")
 }
+
+#[tokio::test]
+async fn the_repository_configuration_can_live_on_s3() {
+    let env = env().await;
+    let test_registry = env.fresh_registry().await.expect("registry");
+    let s3 = test_support::s3::TestS3::start().await.expect("moto");
+    let vars = s3.profile_env("embargo");
+    let resolver = resources::Resolver::from_vars(vars.clone());
+    let yaml = std::fs::read(&test_registry.butler_config).expect("butler.yaml");
+    let target = resources::ResourcePath::parse(&s3.uri(Some("embargo"), "repo/butler.yaml")).expect("uri");
+    target.write_with(&resolver, yaml).await.expect("upload butler.yaml");
+
+    // As prod spells it: the repository directory, with the profile, without naming the file.
+    let repository = s3.uri(Some("embargo"), "repo");
+    let messages = test_support::reference_dir().join("messages/batch_a.jsonl");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_butler-writer"))
+        .args(["ingest", "--output", "json", "--butler-config", &repository])
+        .arg(&messages)
+        .envs(vars)
+        .output()
+        .expect("run butler-writer");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(count(&test_registry, "SELECT count(*) FROM NS.dataset").await, 10);
+
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_butler-writer"))
+        .args(["ingest", "--butler-config", &s3.uri(Some("embargo"), "nowhere/")])
+        .arg(&messages)
+        .envs(s3.profile_env("embargo"))
+        .output()
+        .expect("run butler-writer");
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("nowhere/butler.yaml") && stderr.lines().count() == 1, "{stderr}");
+}
