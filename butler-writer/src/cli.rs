@@ -124,7 +124,9 @@ struct RejectedLine<'a> {
 
 /// Ingests the files; `Ok(true)` when nothing was rejected.
 async fn ingest(args: &IngestArgs) -> Result<bool, String> {
-    let config = ButlerConfig::load(&args.butler_config).await.map_err(|e| e.to_string())?;
+    let config = ButlerConfig::load(&args.butler_config)
+        .await
+        .map_err(|e| e.to_string())?;
     let registry = Registry::open(&config, &OpenOptions::default())
         .await
         .map_err(|e: StartupError| e.to_string())?;

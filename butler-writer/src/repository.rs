@@ -87,13 +87,19 @@ impl ButlerConfig {
     /// file or the directory that holds it (a location not ending in `.yaml` is a directory, with
     /// or without its trailing slash, as the deployments spell them).
     pub async fn load(location: &str) -> Result<Self, RepositoryError> {
-        let read = |source: std::io::Error| RepositoryError::Read { location: location.to_owned(), source };
-        let path = resources::ResourcePath::parse(location).map_err(|e| read(std::io::Error::other(e.to_string())))?;
+        let read = |source: std::io::Error| RepositoryError::Read {
+            location: location.to_owned(),
+            source,
+        };
+        let path = resources::ResourcePath::parse(location)
+            .map_err(|e| read(std::io::Error::other(e.to_string())))?;
         let is_yaml = path.basename().ends_with(".yaml") || path.basename().ends_with(".yml");
         let file = if is_yaml && !path.is_dir() {
             path
         } else {
-            path.as_dir().join("butler.yaml").map_err(|e| read(std::io::Error::other(e.to_string())))?
+            path.as_dir()
+                .join("butler.yaml")
+                .map_err(|e| read(std::io::Error::other(e.to_string())))?
         };
         let shown = file.to_string();
         let bytes = file.read().await.map_err(|e| RepositoryError::Read {

@@ -562,8 +562,12 @@ async fn the_repository_configuration_can_live_on_s3() {
     let vars = s3.profile_env("embargo");
     let resolver = resources::Resolver::from_vars(vars.clone());
     let yaml = std::fs::read(&test_registry.butler_config).expect("butler.yaml");
-    let target = resources::ResourcePath::parse(&s3.uri(Some("embargo"), "repo/butler.yaml")).expect("uri");
-    target.write_with(&resolver, yaml).await.expect("upload butler.yaml");
+    let target =
+        resources::ResourcePath::parse(&s3.uri(Some("embargo"), "repo/butler.yaml")).expect("uri");
+    target
+        .write_with(&resolver, yaml)
+        .await
+        .expect("upload butler.yaml");
 
     // As prod spells it: the repository directory, with the profile, without naming the file.
     let repository = s3.uri(Some("embargo"), "repo");
@@ -574,16 +578,30 @@ async fn the_repository_configuration_can_live_on_s3() {
         .envs(vars)
         .output()
         .expect("run butler-writer");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(count(&test_registry, "SELECT count(*) FROM NS.dataset").await, 10);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        count(&test_registry, "SELECT count(*) FROM NS.dataset").await,
+        10
+    );
 
     let missing = std::process::Command::new(env!("CARGO_BIN_EXE_butler-writer"))
-        .args(["ingest", "--butler-config", &s3.uri(Some("embargo"), "nowhere/")])
+        .args([
+            "ingest",
+            "--butler-config",
+            &s3.uri(Some("embargo"), "nowhere/"),
+        ])
         .arg(&messages)
         .envs(s3.profile_env("embargo"))
         .output()
         .expect("run butler-writer");
     assert_eq!(missing.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&missing.stderr);
-    assert!(stderr.contains("nowhere/butler.yaml") && stderr.lines().count() == 1, "{stderr}");
+    assert!(
+        stderr.contains("nowhere/butler.yaml") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
 }
