@@ -224,8 +224,11 @@ fn parse_endpoint(variable: &str, value: &str) -> Result<Endpoint, ConfigError> 
                  (percent-encode '/' as %2F)"
             ))
         };
-        let key_id = percent_decode(url.username()).ok_or_else(bad)?;
-        let secret = url.password().and_then(percent_decode).ok_or_else(bad)?;
+        let key_id = crate::percent_decode(url.username()).ok_or_else(bad)?;
+        let secret = url
+            .password()
+            .and_then(crate::percent_decode)
+            .ok_or_else(bad)?;
         if key_id.is_empty() || secret.is_empty() || secret.contains(':') {
             return Err(bad());
         }
@@ -417,23 +420,6 @@ pub(crate) fn parse_ini(text: &str) -> HashMap<String, HashMap<String, String>> 
             .insert(key, value);
     }
     sections
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -71,3 +71,22 @@ impl ResourcePath {
         }
     }
 }
+
+/// %-decodes a URL part (credentials, a file:// path); `None` if a `%` is not followed by two hex
+/// digits (which `percent_encoding` would pass through as is) or if the result is not UTF-8.
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let well_formed = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
+    }
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
+}

@@ -450,7 +450,7 @@ fn parse_file(text: &str, rest: &str) -> Result<ResourcePath, Error> {
             "'?' and '#' are not allowed in file URIs (percent-encode them)",
         ));
     }
-    let decoded = percent_decode(path)
+    let decoded = crate::percent_decode(path)
         .ok_or_else(|| Error::invalid(text, "bad percent-encoding (or not UTF-8)"))?;
     Ok(ResourcePath {
         location: Location::Local {
@@ -497,23 +497,6 @@ fn normalize_local(path: &str) -> String {
         }
     }
     format!("/{}", segments.join("/"))
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Percent-encodes what is not unreserved (RFC 3986) or `/`, as Python's `urllib.parse.quote`

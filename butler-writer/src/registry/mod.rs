@@ -399,16 +399,6 @@ impl Registry {
         let started = std::time::Instant::now();
         let mut conn = self.pool.acquire().await?;
         let mut rejected: HashMap<usize, Rejection> = HashMap::new();
-        let reject = |rejected: &mut HashMap<usize, Rejection>,
-                      index: usize,
-                      reason: RejectReason,
-                      error: String| {
-            rejected.entry(index).or_insert(Rejection {
-                index,
-                reason,
-                error,
-            });
-        };
 
         // 1. Prepare, resolving dataset types first (one query for any name not in the cache).
         let names: BTreeSet<String> = events
@@ -576,14 +566,15 @@ impl Registry {
                 Ok(()) => savepoint.commit().await?,
                 Err(error) if classify(&error) == ErrorClass::Reject => {
                     savepoint.rollback().await?;
-                    rejected.entry(*index).or_insert(Rejection {
-                        index: *index,
-                        reason: RejectReason::Invalid,
-                        error: format!(
+                    reject(
+                        rejected,
+                        *index,
+                        RejectReason::Invalid,
+                        format!(
                             "the registry refused a dimension record: {}",
                             describe(&error)
                         ),
-                    });
+                    );
                 }
                 Err(error) => return Err(EngineError::from(error)),
             }
@@ -600,16 +591,6 @@ impl Registry {
         prepared: &[(usize, Vec<PreparedRecord>, Vec<PreparedDataset>)],
         rejected: &mut HashMap<usize, Rejection>,
     ) -> Result<(Vec<Uuid>, Vec<Uuid>), sqlx::Error> {
-        let reject = |rejected: &mut HashMap<usize, Rejection>,
-                      index: usize,
-                      reason: RejectReason,
-                      error: String| {
-            rejected.entry(index).or_insert(Rejection {
-                index,
-                reason,
-                error,
-            });
-        };
         let live = |rejected: &HashMap<usize, Rejection>| -> Vec<(usize, &PreparedDataset)> {
             prepared
                 .iter()
@@ -829,6 +810,20 @@ impl Registry {
             ids.iter().filter(|id| !new.contains(id)).copied().collect();
         Ok((new_ids, already_present))
     }
+}
+
+/// Records that message `index` is rejected; the first reason found for a message is kept.
+fn reject(
+    rejected: &mut HashMap<usize, Rejection>,
+    index: usize,
+    reason: RejectReason,
+    error: String,
+) {
+    rejected.entry(index).or_insert(Rejection {
+        index,
+        reason,
+        error,
+    });
 }
 
 /// Datasets grouped by tags table, in a stable order.
