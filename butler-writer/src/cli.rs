@@ -30,8 +30,30 @@ pub struct Cli {
     )]
     pub log_level: String,
 
+    /// Log format: `json` (one object per line, for production), `text` (for a terminal), or
+    /// `auto` (text on a terminal, JSON otherwise).
+    #[arg(
+        long,
+        global = true,
+        env = "BUTLER_WRITER_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Auto
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
 }
 
 /// What to do.
@@ -41,6 +63,10 @@ pub enum Command {
     /// `--batch-size` lines, and print what each batch did. Exit status: 0 when every message
     /// was ingested, 1 when some message was rejected, 2 on an error.
     Ingest(IngestArgs),
+    /// Run the service: consume pp-output messages from Kafka, ingest them in batches, write each
+    /// batch's file and emit its batch-ingested event, dead-letter what cannot be ingested. Every
+    /// flag can also be given by the environment variable shown; flags win.
+    Serve(Box<crate::service::cli::ServeArgs>),
 }
 
 /// Arguments of `butler-writer ingest`.
@@ -81,17 +107,30 @@ pub enum Output {
 pub fn init_tracing(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_level.to_lowercase()));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let json = match cli.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.with_ansi(terminal).try_init()
+    };
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Serve(args) => crate::service::cli::serve(*args).await,
         Command::Ingest(args) => match ingest(&args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),

@@ -9,7 +9,8 @@
 //!   isolates bad messages.
 //! - [`outcome`]: what a batch did (ingested, already present, rejected with a reason).
 //! - [`error`]: errors classified as retry, reject or stop.
-//! - [`cli`]: the command line (`butler-writer ingest`).
+//! - [`service`]: the Kafka service (`butler-writer serve`): batches in, events out.
+//! - [`cli`]: the command line (`butler-writer serve`, `butler-writer ingest`).
 
 pub mod cli;
 pub mod db_auth;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod outcome;
 pub mod registry;
 pub mod repository;
+pub mod service;
 pub mod universe;
 
 pub use outcome::{BatchOutcome, RejectReason, Rejection};

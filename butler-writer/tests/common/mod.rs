@@ -2,3 +2,4 @@
 
 pub mod messages;
 pub mod python;
+pub mod service;

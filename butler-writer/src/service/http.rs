@@ -1,0 +1,95 @@
+//! The operations endpoints: `/` (metadata, as Rubin's Safir services serve it), `/healthz`,
+//! `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+
+use super::health::Health;
+use super::metrics::Metrics;
+
+/// What the handlers read.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// Readiness and liveness.
+    pub health: Arc<Health>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// `/healthz` fails when the consume loop has not turned for this long.
+    pub stall_timeout: Duration,
+}
+
+/// The service's metadata (no settings, no secrets).
+#[derive(Debug, Serialize)]
+struct Metadata {
+    name: &'static str,
+    version: &'static str,
+    description: &'static str,
+    repository_url: &'static str,
+    documentation_url: &'static str,
+}
+
+/// The routes.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/", get(metadata))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metadata() -> Json<Metadata> {
+    Json(Metadata {
+        name: "butler-writer",
+        version: crate::VERSION,
+        description: env!("CARGO_PKG_DESCRIPTION"),
+        repository_url: env!("CARGO_PKG_REPOSITORY"),
+        documentation_url: concat!(env!("CARGO_PKG_REPOSITORY"), "/tree/main/butler-writer"),
+    })
+}
+
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    let since = state.health.since_heartbeat();
+    if since > state.stall_timeout {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "stalled",
+                "consume_loop_idle_seconds": since.as_secs_f64(),
+            })),
+        )
+    } else {
+        (StatusCode::OK, Json(serde_json::json!({ "status": "ok" })))
+    }
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let readiness = state.health.readiness();
+    state.metrics.ready.set(i64::from(readiness.ready));
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness))
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let ready = state.health.readiness().ready;
+    state.metrics.ready.set(i64::from(ready));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

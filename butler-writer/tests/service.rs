@@ -1,0 +1,487 @@
+//! The writer service on the real broker and a real registry: messages in, registry rows, batch
+//! files, events, dead letters and offsets out; crashes, restarts, outages and several writers.
+
+// Test code: a failed expectation is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use butler_writer::service::delivery::headers;
+use butler_writer::service::settings::FaultPlan;
+use butler_writer::service::{Service, ServiceError};
+use common::messages::{MessageFactory, to_lines};
+use common::service::{
+    committed, emitted, env_settings, header, http_get, ids_of, produce, reference_lines,
+    registry_datasets, start, wait_for_datasets,
+};
+use rdkafka::message::Message;
+use test_support::TestEnv;
+use uuid::Uuid;
+
+async fn env() -> TestEnv {
+    TestEnv::start().await.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+const REFERENCE_FILES: &[&str] = &[
+    "batch_a.jsonl",
+    "batch_a_conflict.jsonl",
+    "batch_c.jsonl",
+    "dupinbatch.jsonl",
+    "newrun_sql.jsonl",
+    "bench_100_0.jsonl",
+    "bench_1000_0.jsonl",
+];
+
+async fn stop(service: Service) {
+    service.shutdown();
+    service.wait().await.expect("a clean stop");
+}
+
+#[tokio::test]
+async fn reference_messages_land_with_events_files_dead_letters_and_offsets() {
+    let env = env().await;
+    let registry = env.fresh_registry().await.expect("registry");
+    let topics = env.fresh_topics(1).await.expect("topics");
+    let dir = tempfile::tempdir().expect("dir");
+
+    let mut lines = Vec::new();
+    for file in REFERENCE_FILES {
+        lines.extend(reference_lines(file));
+    }
+    let conflicting = ids_of(&reference_lines("batch_a_conflict.jsonl"));
+    let expected: BTreeSet<Uuid> = ids_of(&lines).difference(&conflicting).copied().collect();
+    // Poison: not JSON, and a message of another type; both dead-lettered, neither blocks.
+    lines.insert(3, b"not json at all".to_vec());
+    lines.push(br#"{"type":"day-end","day_obs":20260501}"#.to_vec());
+    let total = i64::try_from(lines.len()).unwrap();
+    produce(env.kafka_bootstrap(), &topics.input, &lines, Some(0)).await;
+
+    let settings = env_settings(&env, &registry, &topics, dir.path());
+    let group = settings.group_id.clone();
+    let service = start(settings).await;
+    let emitted = wait_for_datasets(
+        &env,
+        &topics.events,
+        dir.path(),
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // Registry: exactly the datasets of the messages that were not rejected.
+    let in_registry: BTreeSet<Uuid> = registry_datasets(&registry).await.into_iter().collect();
+    assert_eq!(in_registry, expected);
+    // Files list only those, never the rejected ones.
+    assert_eq!(emitted.datasets, expected);
+
+    // Dead letters: the four conflicting messages and the two poison ones, values unchanged.
+    let dead = env
+        .read_topic(&topics.dead_letter, 6, Duration::from_secs(20))
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 6);
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|m| header(m, headers::REASON).expect("reason"))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "conflict",
+            "conflict",
+            "conflict",
+            "conflict",
+            "invalid",
+            "other_message_type"
+        ]
+    );
+    for message in &dead {
+        let offset: usize = header(message, headers::SOURCE_OFFSET)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(message.payload().unwrap(), lines[offset].as_slice());
+        assert_eq!(
+            header(message, headers::SOURCE_TOPIC).as_deref(),
+            Some(topics.input.as_str())
+        );
+        assert_eq!(
+            header(message, headers::SOURCE_PARTITION).as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            header(message, headers::WRITER_VERSION).as_deref(),
+            Some(butler_writer::VERSION)
+        );
+        assert!(!header(message, headers::ERROR).unwrap().is_empty());
+    }
+
+    // Offsets: everything consumed is committed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed(env.kafka_bootstrap(), &group, &topics.input, 1) != [total] {
+        assert!(Instant::now() < deadline, "offsets not committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The operations endpoints.
+    let address = service.http_address();
+    let (status, body) = http_get(address, "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"name\":\"butler-writer\""), "{body}");
+    assert_eq!(http_get(address, "/healthz").await.0, 200);
+    let (status, body) = http_get(address, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, metrics) = http_get(address, "/metrics").await;
+    for needle in [
+        "butler_writer_batches_total{result=\"committed\"}",
+        &format!("butler_writer_datasets_ingested_total {}", expected.len()),
+        "butler_writer_messages_rejected_total{reason=\"conflict\"} 4",
+        "butler_writer_database_seconds_bucket",
+        "butler_writer_produce_to_commit_seconds_count",
+        "butler_writer_batch_seconds_count",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+    }
+    stop(service).await;
+}
+
+#[tokio::test]
+async fn a_crash_before_the_kafka_commit_is_redelivered_and_nothing_is_doubled() {
+    let env = env().await;
+    let registry = env.fresh_registry().await.expect("registry");
+    let topics = env.fresh_topics(1).await.expect("topics");
+    let dir = tempfile::tempdir().expect("dir");
+    let factory = MessageFactory::load();
+    let messages = factory.batch(8_100_000, 60);
+    let lines = to_lines(&messages);
+    let expected = ids_of(&lines);
+    produce(env.kafka_bootstrap(), &topics.input, &lines, Some(0)).await;
+
+    // The first writer ingests a batch, writes its file, and dies before Kafka hears of it.
+    let mut settings = env_settings(&env, &registry, &topics, dir.path());
+    settings.faults = FaultPlan {
+        crash_before_kafka_commit: Some(0),
+    };
+    let crashing = start(settings.clone()).await;
+    let result = tokio::time::timeout(Duration::from_secs(60), crashing.wait())
+        .await
+        .expect("the writer crashes");
+    assert!(
+        matches!(result, Err(ServiceError::InjectedCrash)),
+        "{result:?}"
+    );
+    assert!(
+        !registry_datasets(&registry).await.is_empty(),
+        "the database was written"
+    );
+    assert!(
+        emitted(&env, &topics.events, dir.path())
+            .await
+            .events
+            .is_empty()
+    );
+    assert_eq!(
+        committed(env.kafka_bootstrap(), &settings.group_id, &topics.input, 1),
+        [-1]
+    );
+
+    // The next writer gets the same messages again: already present, announced, committed.
+    settings.faults = FaultPlan::default();
+    let service = start(settings.clone()).await;
+    let emitted = wait_for_datasets(
+        &env,
+        &topics.events,
+        dir.path(),
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(emitted.datasets, expected);
+    let in_registry = registry_datasets(&registry).await;
+    assert_eq!(in_registry.len(), expected.len(), "no dataset twice");
+    let (_, metrics) = http_get(service.http_address(), "/metrics").await;
+    assert!(
+        metrics.contains("butler_writer_datasets_already_present_total")
+            && !metrics.contains("butler_writer_datasets_already_present_total 0\n"),
+        "{metrics}"
+    );
+    stop(service).await;
+    assert_eq!(
+        committed(env.kafka_bootstrap(), &settings.group_id, &topics.input, 1),
+        [i64::try_from(lines.len()).unwrap()]
+    );
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_committed_offsets() {
+    let env = env().await;
+    let registry = env.fresh_registry().await.expect("registry");
+    let topics = env.fresh_topics(1).await.expect("topics");
+    let dir = tempfile::tempdir().expect("dir");
+    let factory = MessageFactory::load();
+    let first = to_lines(&factory.batch(8_200_000, 30));
+    let second = to_lines(&factory.batch(8_200_010, 30));
+    let settings = env_settings(&env, &registry, &topics, dir.path());
+
+    produce(env.kafka_bootstrap(), &topics.input, &first, Some(0)).await;
+    let service = start(settings.clone()).await;
+    let after_first = wait_for_datasets(
+        &env,
+        &topics.events,
+        dir.path(),
+        &ids_of(&first),
+        Duration::from_secs(60),
+    )
+    .await;
+    stop(service).await;
+
+    produce(env.kafka_bootstrap(), &topics.input, &second, Some(0)).await;
+    let service = start(settings).await;
+    let mut all = ids_of(&first);
+    all.extend(ids_of(&second));
+    let emitted = wait_for_datasets(
+        &env,
+        &topics.events,
+        dir.path(),
+        &all,
+        Duration::from_secs(60),
+    )
+    .await;
+    // The second writer announced only the new messages' datasets: nothing was read twice.
+    assert!(
+        emitted.listings.values().all(|n| *n == 1),
+        "{:?}",
+        emitted.listings
+    );
+    assert!(emitted.events.len() > after_first.events.len());
+    stop(service).await;
+}
+
+#[tokio::test]
+async fn a_database_outage_mid_run_loses_nothing() {
+    let env = env().await;
+    let registry = env.fresh_registry().await.expect("registry");
+    let topics = env.fresh_topics(1).await.expect("topics");
+    let dir = tempfile::tempdir().expect("dir");
+    let factory = MessageFactory::load();
+
+    // The writer reaches the database through a proxy the test can cut.
+    let text = std::fs::read_to_string(&registry.butler_config).expect("butler.yaml");
+    let port = registry
+        .database_url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("port")
+        .to_owned();
+    let proxy = test_support::proxy::TcpProxy::start(&format!("127.0.0.1:{port}"))
+        .await
+        .expect("proxy");
+    let proxied = registry.repo.join("proxied.yaml");
+    std::fs::write(
+        &proxied,
+        text.replace(&format!(":{port}/"), &format!(":{}/", proxy.port())),
+    )
+    .expect("write");
+    let mut settings = env_settings(&env, &registry, &topics, dir.path());
+    settings.butler_repository = proxied.display().to_string();
+    settings.open_options.acquire_timeout = Duration::from_secs(1);
+    let service = start(settings).await;
+
+    let before = to_lines(&factory.batch(8_300_000, 30));
+    produce(env.kafka_bootstrap(), &topics.input, &before, Some(0)).await;
+    wait_for_datasets(
+        &env,
+        &topics.events,
+        dir.path(),
+        &ids_of(&before),
+        Duration::from_secs(60),
+    )
+    .await;
+
+    proxy.cut();
+    let during = to_lines(&factory.batch(8_300_010, 30));
+    produce(env.kafka_bootstrap(), &topics.input, &during, Some(0)).await;
+    // Not ready while the database is away, alive all the same.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http_get(service.http_address(), "/readyz").await;
+        if status == 503 && body.contains("\"database\":false") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reported the outage: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(http_get(service.http_address(), "/healthz").await.0, 200);
+    proxy.restore();
+
+    let mut all = ids_of(&before);
+    all.extend(ids_of(&during));
+    let emitted = wait_for_datasets(
+        &env,
+        &topics.events,
+        dir.path(),
+        &all,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(emitted.datasets, all);
+    let in_registry = registry_datasets(&registry).await;
+    assert_eq!(in_registry.len(), all.len());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(service.http_address(), "/readyz").await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop(service).await;
+}
+
+#[tokio::test]
+async fn two_writers_share_a_partitioned_topic_and_each_dataset_lands_once() {
+    let env = env().await;
+    let registry = env.fresh_registry().await.expect("registry");
+    let topics = env.fresh_topics(4).await.expect("topics");
+    let dir = tempfile::tempdir().expect("dir");
+    let factory = MessageFactory::load();
+    let settings = env_settings(&env, &registry, &topics, dir.path());
+
+    let mut all = BTreeSet::new();
+    let first = start(settings.clone()).await;
+    for (round, visit) in [8_400_000_i64, 8_400_010].into_iter().enumerate() {
+        for partition in 0..4 {
+            let lines = to_lines(&factory.batch(visit + i64::from(partition), 30));
+            all.extend(ids_of(&lines));
+            produce(
+                env.kafka_bootstrap(),
+                &topics.input,
+                &lines,
+                Some(partition),
+            )
+            .await;
+        }
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // A second writer joins mid-run: the group rebalances between them.
+    let mut second_settings = settings.clone();
+    second_settings.transactional_id = test_support::unique_name("txn");
+    let second = start(second_settings).await;
+    for partition in 0..4 {
+        let lines = to_lines(&factory.batch(8_400_020 + i64::from(partition), 30));
+        all.extend(ids_of(&lines));
+        produce(
+            env.kafka_bootstrap(),
+            &topics.input,
+            &lines,
+            Some(partition),
+        )
+        .await;
+    }
+    let emitted = wait_for_datasets(
+        &env,
+        &topics.events,
+        dir.path(),
+        &all,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(emitted.datasets, all);
+    let in_registry = registry_datasets(&registry).await;
+    assert_eq!(
+        in_registry.len(),
+        all.len(),
+        "no dataset twice in the registry"
+    );
+    stop(first).await;
+    stop(second).await;
+    let offsets = committed(env.kafka_bootstrap(), &settings.group_id, &topics.input, 4);
+    assert!(offsets.iter().all(|o| *o == 30), "{offsets:?}");
+}
+
+#[tokio::test]
+async fn the_breaker_stops_consuming_instead_of_dead_lettering_a_misconfigured_stream() {
+    let env = env().await;
+    let registry = env.fresh_registry().await.expect("registry");
+    let topics = env.fresh_topics(1).await.expect("topics");
+    let dir = tempfile::tempdir().expect("dir");
+    let factory = MessageFactory::load();
+    // Messages of a dataset type the registry has not registered: every one is rejected.
+    let mut messages = factory.batch(8_500_000, 60);
+    for message in &mut messages {
+        for file in message["datasets"].as_array_mut().unwrap() {
+            for dataset_ref in file["refs"].as_object_mut().unwrap().values_mut() {
+                dataset_ref["dataset_type_name"] = "notRegistered".into();
+            }
+        }
+        message.as_object_mut().unwrap().remove("dataset_types");
+    }
+    produce(
+        env.kafka_bootstrap(),
+        &topics.input,
+        &to_lines(&messages),
+        Some(0),
+    )
+    .await;
+    let mut settings = env_settings(&env, &registry, &topics, dir.path());
+    settings.breaker.min_messages = 10;
+    settings.breaker.window = 20;
+    let service = start(settings.clone()).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(service.http_address(), "/readyz").await;
+        if status == 503 && body.contains("\"breaker_open\":true") {
+            assert!(body.contains("unknown_dataset_type"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never opened: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = http_get(service.http_address(), "/metrics").await;
+    assert!(
+        metrics.contains("butler_writer_breaker_open 1"),
+        "{metrics}"
+    );
+    // Nothing was dead-lettered, nothing committed: the stream waits for the fix.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dead = env
+        .read_topic(&topics.dead_letter, 1, Duration::from_secs(1))
+        .await
+        .expect("dead letters");
+    assert!(dead.is_empty());
+    assert_eq!(
+        committed(env.kafka_bootstrap(), &settings.group_id, &topics.input, 1),
+        [-1]
+    );
+    stop(service).await;
+}
+
+#[tokio::test]
+async fn a_registry_it_cannot_use_stops_it_with_one_clear_line() {
+    let env = env().await;
+    let topics = env.fresh_topics(1).await.expect("topics");
+    let dir = tempfile::tempdir().expect("dir");
+    let missing = dir.path().join("no-repo/butler.yaml");
+    let mut settings =
+        common::service::settings(env.kafka_bootstrap(), &missing, &topics, dir.path(), false);
+    settings.retry.initial = Duration::from_millis(10);
+    let error = Service::start(settings).await.expect_err("no repository");
+    let text = error.to_string();
+    assert!(
+        text.contains("no-repo/butler.yaml") && !text.contains('\n'),
+        "{text}"
+    );
+}
