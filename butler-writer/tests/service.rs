@@ -485,3 +485,283 @@ async fn a_registry_it_cannot_use_stops_it_with_one_clear_line() {
         "{text}"
     );
 }
+
+/// Every committed message of `topic` on the mock cluster (read_committed, no group).
+fn read_committed(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", test_support::unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    while messages.len() < expected && Instant::now() < deadline {
+        if let Some(result) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(result.expect("message").detach());
+        }
+    }
+    messages
+}
+
+#[tokio::test]
+async fn transactional_delivery_on_librdkafkas_mock_cluster() {
+    let env = env().await;
+    let registry = env.fresh_registry().await.expect("registry");
+    let dir = tempfile::tempdir().expect("dir");
+    let mock = rdkafka::mocking::MockCluster::new(3).expect("mock cluster");
+    let topics = test_support::TestTopics {
+        input: "pp_output".to_owned(),
+        events: "ingestion_events".to_owned(),
+        dead_letter: "dlq".to_owned(),
+    };
+    for topic in [&topics.input, &topics.events, &topics.dead_letter] {
+        mock.create_topic(topic, 1, 3).expect("topic");
+    }
+    let bootstrap = mock.bootstrap_servers();
+    let mut lines = reference_lines("batch_a.jsonl");
+    lines.extend(reference_lines("batch_a_conflict.jsonl"));
+    lines.extend(reference_lines("batch_c.jsonl"));
+    lines.push(b"{".to_vec());
+    let mut expected = ids_of(&reference_lines("batch_a.jsonl"));
+    expected.extend(ids_of(&reference_lines("batch_c.jsonl")));
+    produce(&bootstrap, &topics.input, &lines, Some(0)).await;
+
+    let settings = common::service::settings(
+        &bootstrap,
+        &registry.butler_config,
+        &topics,
+        dir.path(),
+        true,
+    );
+    let service = start(settings).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut announced = BTreeSet::new();
+    let mut events = 0;
+    while !expected.is_subset(&announced) {
+        assert!(Instant::now() < deadline, "announced {announced:?}");
+        let b = bootstrap.clone();
+        let t = topics.events.clone();
+        let messages = tokio::task::spawn_blocking(move || {
+            read_committed(&b, &t, usize::MAX, Duration::from_millis(1500))
+        })
+        .await
+        .expect("read");
+        events = messages.len();
+        for message in messages {
+            let event =
+                schema::BatchIngestedEvent::from_json(message.payload().unwrap()).expect("event");
+            let file = common::service::read_batch_file(dir.path(), &event.batch_file);
+            assert_eq!(file.batch_id, event.batch_id);
+            announced.extend(file.datasets);
+        }
+    }
+    assert!(events >= 1);
+    assert_eq!(announced, expected);
+    let (b, t) = (bootstrap.clone(), topics.dead_letter.clone());
+    let dead =
+        tokio::task::spawn_blocking(move || read_committed(&b, &t, 5, Duration::from_secs(30)))
+            .await
+            .expect("read");
+    assert_eq!(dead.len(), 5, "four conflicts and one broken message");
+    let in_registry: BTreeSet<Uuid> = registry_datasets(&registry).await.into_iter().collect();
+    assert_eq!(in_registry, expected);
+    stop(service).await;
+}
+
+#[tokio::test]
+async fn transactional_delivery_on_a_broker_without_transactions_stops_with_a_hint() {
+    let env = env().await;
+    if env.broker_kind().supports_transactions() {
+        return; // Apache Kafka: transactional mode is the normal one there.
+    }
+    let registry = env.fresh_registry().await.expect("registry");
+    let topics = env.fresh_topics(1).await.expect("topics");
+    let dir = tempfile::tempdir().expect("dir");
+    let settings = common::service::settings(
+        env.kafka_bootstrap(),
+        &registry.butler_config,
+        &topics,
+        dir.path(),
+        true,
+    );
+    let error = Service::start(settings).await.expect_err("no transactions");
+    let text = error.to_string();
+    assert!(text.contains("BUTLER_WRITER_DELIVERY=idempotent"), "{text}");
+}
+
+/// `GET` with retries while the binary starts.
+async fn http_get_when_up(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return http_get(address, path).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the HTTP endpoints never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_binary_takes_the_deployed_variables_writes_to_s3_and_stops_on_sigterm() {
+    let env = env().await;
+    let registry = env.fresh_registry().await.expect("registry");
+    let topics = env.fresh_topics(1).await.expect("topics");
+    let s3 = test_support::s3::TestS3::start().await.expect("moto");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let directory = s3.uri(Some("embargo"), "publication/prompt_processing/");
+    let group = test_support::unique_name("group");
+    let delivery = if env.broker_kind().supports_transactions() {
+        "transactional"
+    } else {
+        "idempotent"
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_butler-writer"))
+        .arg("serve")
+        .env("BUTLER_REPOSITORY", &registry.butler_config)
+        .env("KAFKA_CLUSTER", env.kafka_bootstrap())
+        .env("KAFKA_TOPIC", &topics.input)
+        .env("KAFKA_OUTPUT_TOPIC", &topics.events)
+        .env("OUTPUT_DATASET_LIST_DIRECTORY", &directory)
+        .env("WRITER_DEBUG_LEVEL", "INFO")
+        .env("BUTLER_WRITER_DEAD_LETTER_TOPIC", &topics.dead_letter)
+        .env("BUTLER_WRITER_GROUP_ID", &group)
+        .env(
+            "BUTLER_WRITER_TRANSACTIONAL_ID",
+            test_support::unique_name("txn"),
+        )
+        .env("BUTLER_WRITER_DELIVERY", delivery)
+        .env("BUTLER_WRITER_HTTP_ADDRESS", address.to_string())
+        .env("BUTLER_WRITER_LOG_FORMAT", "json")
+        .env("BUTLER_WRITER_BATCH_MAX_WAIT_MS", "100")
+        .envs(s3.profile_env("embargo"))
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start butler-writer");
+
+    let lines = reference_lines("batch_a.jsonl");
+    let expected = ids_of(&lines);
+    produce(env.kafka_bootstrap(), &topics.input, &lines, Some(0)).await;
+    let (status, body) = http_get_when_up(address, "/").await;
+    assert_eq!(status, 200);
+    let metadata: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(metadata["name"], "butler-writer");
+    assert_eq!(metadata["version"], butler_writer::VERSION);
+
+    // The event names a batch file on S3 listing the batch's datasets.
+    let resolver = resources::Resolver::from_vars(s3.profile_env("embargo"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut announced = BTreeSet::new();
+    while announced != expected {
+        assert!(Instant::now() < deadline, "announced {announced:?}");
+        let events = env
+            .read_topic(&topics.events, usize::MAX, Duration::from_millis(1000))
+            .await
+            .expect("events");
+        for message in events {
+            let event =
+                schema::BatchIngestedEvent::from_json(message.payload().unwrap()).expect("event");
+            let file = resources::ResourcePath::parse(&format!("{directory}{}", event.batch_file))
+                .expect("uri")
+                .read_with(&resolver)
+                .await
+                .expect("the batch file is on S3");
+            let batch = schema::DatasetBatch::from_json(&file).expect("batch file");
+            assert_eq!(batch.batch_id, event.batch_id);
+            announced.extend(batch.datasets);
+        }
+    }
+
+    // SIGTERM: a clean stop within the grace period, offsets committed.
+    let pid = child.id().expect("pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let output = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("stopped within the grace period")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // JSON logs, one object per line, with the committed batch and the stop.
+    for line in stderr.lines() {
+        let _: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    assert!(
+        stderr.contains("batch committed") && stderr.contains("butler-writer stopped"),
+        "{stderr}"
+    );
+    assert_eq!(
+        committed(env.kafka_bootstrap(), &group, &topics.input, 1),
+        [4]
+    );
+}
+
+#[test]
+fn help_documents_every_setting_and_bad_configuration_is_one_line() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_butler-writer"))
+        .args(["serve", "--help"])
+        .env("KAFKA_PASSWORD", "hunter2")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&help.stdout);
+    for variable in [
+        "BUTLER_REPOSITORY",
+        "KAFKA_CLUSTER",
+        "KAFKA_TOPIC",
+        "KAFKA_OUTPUT_TOPIC",
+        "KAFKA_USERNAME",
+        "KAFKA_PASSWORD",
+        "KAFKA_DEBUG",
+        "OUTPUT_DATASET_LIST_DIRECTORY",
+        "WRITER_DEBUG_LEVEL",
+        "BUTLER_WRITER_DELIVERY",
+        "BUTLER_WRITER_BATCH_MAX_MESSAGES",
+        "BUTLER_WRITER_BATCH_MAX_WAIT_MS",
+        "BUTLER_WRITER_LOG_FORMAT",
+        "BUTLER_WRITER_SHUTDOWN_GRACE_SECONDS",
+    ] {
+        assert!(text.contains(variable), "{variable} not in --help:\n{text}");
+    }
+    assert!(!text.contains("hunter2"), "the password shows in --help");
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_butler-writer"))
+        .arg("serve")
+        .env("BUTLER_REPOSITORY", "/nowhere")
+        .env("KAFKA_CLUSTER", "127.0.0.1:1")
+        .env("KAFKA_TOPIC", "in")
+        .env("KAFKA_OUTPUT_TOPIC", "out")
+        .env("OUTPUT_DATASET_LIST_DIRECTORY", "/tmp/x/")
+        .env("KAFKA_USERNAME", "butler-writer")
+        .env_remove("KAFKA_PASSWORD")
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("KAFKA_PASSWORD"), "{stderr}");
+}
