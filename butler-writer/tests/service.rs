@@ -635,7 +635,7 @@ async fn the_binary_takes_the_deployed_variables_writes_to_s3_and_stops_on_sigte
     } else {
         "idempotent"
     };
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_butler-writer"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_butler-writer"))
         .arg("serve")
         .env("BUTLER_REPOSITORY", &registry.butler_config)
         .env("KAFKA_CLUSTER", env.kafka_bootstrap())
