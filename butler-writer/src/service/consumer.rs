@@ -4,9 +4,9 @@
 //!
 //! # Back-pressure
 //! The pipeline takes batches through a small channel. When it is full, the loop keeps the batch
-//! in hand and pauses every assigned partition (librdkafka then stops fetching) while it goes on
-//! polling, which serves rebalances, statistics and errors; it resumes once the batch is handed
-//! over. Memory is bounded by the channel, the batch in hand and librdkafka's fetch queue.
+//! in hand and waits; if the wait grows past a couple of seconds (a database outage), it pauses
+//! every assigned partition (librdkafka then stops fetching) and goes back to polling, which
+//! serves rebalances, statistics and errors; it resumes once the batch is handed over. Memory is bounded by the channel, the batch in hand and librdkafka's fetch queue.
 //!
 //! # Rebalances
 //! The group uses an eager assignor (range, round-robin): a rebalance revokes every partition,
@@ -237,6 +237,11 @@ impl ConsumerContext for WriterContext {
     }
 }
 
+/// How long a closed batch may wait for the pipeline before the consume loop pauses the
+/// partitions and goes back to polling. Well under `max.poll.interval.ms` (300 s), and long
+/// enough that a pipeline keeping up never causes a pause (which discards prefetched messages).
+const PAUSE_AFTER: Duration = Duration::from_secs(2);
+
 /// The writer's consumer.
 pub type WriterConsumer = BaseConsumer<WriterContext>;
 
@@ -318,8 +323,17 @@ impl ConsumeLoop {
                         }
                     }
                     Err(mpsc::error::TrySendError::Full(batch)) => {
+                        let waited = batch.closed_at.elapsed();
                         held = Some(batch);
-                        if paused_generation != Some(generation) && !stopping {
+                        if paused_generation == Some(generation) || stopping {
+                            // Paused: poll below to serve callbacks.
+                        } else if waited < PAUSE_AFTER {
+                            // The pipeline usually frees a slot within one batch time. Wait
+                            // without polling: pausing would drop librdkafka's prefetched
+                            // messages, which it would then fetch again.
+                            std::thread::sleep(Duration::from_millis(2));
+                            continue;
+                        } else {
                             pause_all(consumer);
                             paused_generation = Some(generation);
                         }
