@@ -59,7 +59,12 @@ async fn reference_messages_land_with_events_files_dead_letters_and_offsets() {
     let total = i64::try_from(lines.len()).unwrap();
     produce(env.kafka_bootstrap(), &topics.input, &lines, Some(0)).await;
 
-    let settings = env_settings(&env, &registry, &topics, dir.path());
+    let mut settings = env_settings(&env, &registry, &topics, dir.path());
+    // Statistics (the consumer-lag gauge) every half second instead of every five.
+    settings
+        .kafka
+        .extra
+        .push(("statistics.interval.ms".to_owned(), "500".to_owned()));
     let group = settings.group_id.clone();
     let service = start(settings).await;
     let emitted = wait_for_datasets(
@@ -145,6 +150,20 @@ async fn reference_messages_land_with_events_files_dead_letters_and_offsets() {
         "butler_writer_batch_seconds_count",
     ] {
         assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+    }
+    // The lag gauge reaches zero once everything is consumed.
+    let lag = format!(
+        "butler_writer_consumer_lag{{topic=\"{}\",partition=\"0\"}} 0",
+        topics.input
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http_get(address, "/metrics").await;
+        if metrics.contains(&lag) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{lag} not in\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop(service).await;
 }
