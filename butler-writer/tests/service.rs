@@ -784,3 +784,107 @@ fn help_documents_every_setting_and_bad_configuration_is_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("KAFKA_PASSWORD"), "{stderr}");
 }
+
+#[tokio::test]
+async fn scram_sha_512_authenticates_and_a_wrong_password_stops_the_writer() {
+    let env = env().await;
+    if env.broker_kind() != test_support::BrokerKind::Nisshi {
+        // The authenticated broker is a nisshi of the test's own; a foreign broker's SASL set-up
+        // is not ours to create.
+        return;
+    }
+    let registry = env.fresh_registry().await.expect("registry");
+    let broker = test_support::sasl::SaslBroker::start("butler-writer", "s3cret")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let dir = tempfile::tempdir().expect("dir");
+    let topics = test_support::TestTopics {
+        input: test_support::unique_name("pp_output"),
+        events: test_support::unique_name("events"),
+        dead_letter: test_support::unique_name("dlq"),
+    };
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = broker
+        .client_config("butler-writer", "s3cret")
+        .create()
+        .expect("admin");
+    let new_topics: Vec<rdkafka::admin::NewTopic<'_>> =
+        [&topics.input, &topics.events, &topics.dead_letter]
+            .into_iter()
+            .map(|t| {
+                rdkafka::admin::NewTopic::new(t, 1, rdkafka::admin::TopicReplication::Fixed(1))
+            })
+            .collect();
+    for result in admin
+        .create_topics(&new_topics, &rdkafka::admin::AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        result.expect("topic created");
+    }
+    let lines = reference_lines("batch_a.jsonl");
+    let expected = ids_of(&lines);
+    let producer: rdkafka::producer::FutureProducer = broker
+        .client_config("butler-writer", "s3cret")
+        .create()
+        .expect("producer");
+    for line in &lines {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), _>::to(&topics.input)
+                    .payload(line.as_slice()),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivery");
+    }
+
+    let settings_with = |password: &str| {
+        let mut settings = common::service::settings(
+            broker.bootstrap(),
+            &registry.butler_config,
+            &topics,
+            dir.path(),
+            false,
+        );
+        settings.kafka.credentials = Some((
+            "butler-writer".to_owned(),
+            secrecy::SecretString::from(password.to_owned()),
+        ));
+        settings.kafka.security_protocol = butler_writer::service::SecurityProtocol::SaslPlaintext;
+        settings
+    };
+
+    // The right password: the batch lands.
+    let service = start(settings_with("s3cret")).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let in_registry: BTreeSet<Uuid> = registry_datasets(&registry).await.into_iter().collect();
+        let files = std::fs::read_dir(dir.path())
+            .map(Iterator::count)
+            .unwrap_or(0);
+        if in_registry == expected && files > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ingested through the authenticated broker"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(service).await;
+
+    // A wrong password: the writer stops with one line, without the password.
+    let failing = start(settings_with("not-the-password")).await;
+    let result = tokio::time::timeout(Duration::from_secs(60), failing.wait())
+        .await
+        .expect("the writer stops");
+    let Err(ServiceError::Fatal(text)) = result else {
+        panic!("expected a fatal error, got {result:?}");
+    };
+    assert!(
+        text.to_lowercase().contains("authentication") && !text.contains('\n'),
+        "{text}"
+    );
+    assert!(!text.contains("not-the-password"), "{text}");
+}

@@ -22,11 +22,13 @@
 //! - [`registry`]: fresh registries through `deploy/local/bootstrap_registry.py`.
 //! - [`proxy`]: a TCP proxy a test can cut, to take a service away from one client.
 //! - [`s3`]: a moto S3 server of the test's own, with a bucket and enforced credentials.
+//! - [`sasl`]: a nisshi broker of the test's own that requires SCRAM-SHA-512.
 
 pub mod kafka;
 pub mod proxy;
 pub mod registry;
 pub mod s3;
+pub mod sasl;
 pub mod services;
 
 use std::path::PathBuf;
