@@ -785,8 +785,9 @@ fn help_documents_every_setting_and_bad_configuration_is_one_line() {
     assert!(stderr.contains("KAFKA_PASSWORD"), "{stderr}");
 }
 
-#[tokio::test]
-async fn scram_sha_512_authenticates_and_a_wrong_password_stops_the_writer() {
+/// Ingests through a nisshi of the test's own that requires SCRAM-SHA-512 (over TLS when `tls`),
+/// then checks that a wrong password stops the writer with one line.
+async fn authenticated_broker(tls: bool) {
     let env = env().await;
     if env.broker_kind() != test_support::BrokerKind::Nisshi {
         // The authenticated broker is a nisshi of the test's own; a foreign broker's SASL set-up
@@ -794,9 +795,12 @@ async fn scram_sha_512_authenticates_and_a_wrong_password_stops_the_writer() {
         return;
     }
     let registry = env.fresh_registry().await.expect("registry");
-    let broker = test_support::sasl::SaslBroker::start("butler-writer", "s3cret")
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let broker = if tls {
+        test_support::sasl::SaslBroker::start_tls("butler-writer", "s3cret").await
+    } else {
+        test_support::sasl::SaslBroker::start("butler-writer", "s3cret").await
+    }
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let dir = tempfile::tempdir().expect("dir");
     let topics = test_support::TestTopics {
         input: test_support::unique_name("pp_output"),
@@ -851,7 +855,12 @@ async fn scram_sha_512_authenticates_and_a_wrong_password_stops_the_writer() {
             "butler-writer".to_owned(),
             secrecy::SecretString::from(password.to_owned()),
         ));
-        settings.kafka.security_protocol = butler_writer::service::SecurityProtocol::SaslPlaintext;
+        settings.kafka.security_protocol = if tls {
+            butler_writer::service::SecurityProtocol::SaslSsl
+        } else {
+            butler_writer::service::SecurityProtocol::SaslPlaintext
+        };
+        settings.kafka.ca_file = broker.ca_file().map(std::path::Path::to_path_buf);
         settings
     };
 
@@ -887,4 +896,14 @@ async fn scram_sha_512_authenticates_and_a_wrong_password_stops_the_writer() {
         "{text}"
     );
     assert!(!text.contains("not-the-password"), "{text}");
+}
+
+#[tokio::test]
+async fn scram_sha_512_authenticates_and_a_wrong_password_stops_the_writer() {
+    authenticated_broker(false).await;
+}
+
+#[tokio::test]
+async fn scram_sha_512_over_tls_with_a_ca_file() {
+    authenticated_broker(true).await;
 }

@@ -1,8 +1,11 @@
 //! A nisshi broker of the test's own that requires SCRAM-SHA-512, as Prompt Kafka does, with one
-//! user. nisshi creates users only through an unauthenticated listener, so the broker is first
-//! started without authentication to create the user, then again on the same storage with it.
+//! user, over plaintext or TLS. nisshi creates users only through an unauthenticated plaintext
+//! listener, so the broker is first started that way to create the user, then again on the same
+//! storage with authentication (and TLS: a throwaway CA and a certificate for 127.0.0.1, made with
+//! the `openssl` command).
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,7 @@ use anyhow::{Context, bail};
 pub struct SaslBroker {
     bootstrap: String,
     child: Child,
+    ca_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -20,6 +24,16 @@ impl SaslBroker {
     /// Starts a broker on a free loopback port with `user` / `password` as its only user. Needs
     /// `NISSHI_BIN` (`deploy/local/stack env` exports it).
     pub async fn start(user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::start_with(user, password, false).await
+    }
+
+    /// As [`start`](Self::start), serving TLS only (`sasl_ssl`); [`ca_file`](Self::ca_file) is
+    /// the CA that signed its certificate.
+    pub async fn start_tls(user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::start_with(user, password, true).await
+    }
+
+    async fn start_with(user: &str, password: &str, tls: bool) -> anyhow::Result<Self> {
         let bin = std::env::var("NISSHI_BIN").context(
             "NISSHI_BIN is not set: eval \"$(deploy/local/stack env)\" exports the stack's nisshi",
         )?;
@@ -27,7 +41,7 @@ impl SaslBroker {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let bootstrap = format!("127.0.0.1:{port}");
 
-        let mut plain = spawn(&bin, port, dir.path(), false)?;
+        let mut plain = spawn(&bin, port, dir.path(), false, false)?;
         let created = async {
             wait_for_port(&bootstrap).await?;
             let deadline = Instant::now() + Duration::from_secs(15);
@@ -54,10 +68,17 @@ impl SaslBroker {
         let _ = plain.wait();
         created?;
 
-        let child = spawn(&bin, port, dir.path(), true)?;
+        let ca_file = if tls {
+            make_certificates(dir.path())?;
+            Some(dir.path().join("ca.pem"))
+        } else {
+            None
+        };
+        let child = spawn(&bin, port, dir.path(), true, tls)?;
         let broker = Self {
             bootstrap,
             child,
+            ca_file,
             _dir: dir,
         };
         wait_for_port(&broker.bootstrap).await?;
@@ -69,12 +90,27 @@ impl SaslBroker {
         &self.bootstrap
     }
 
-    /// A client configuration that authenticates as `user` with `password`.
+    /// The CA certificate of a TLS broker.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// A client configuration that authenticates as `user` with `password` (over TLS, trusting
+    /// the broker's CA, for a TLS broker).
     pub fn client_config(&self, user: &str, password: &str) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        match &self.ca_file {
+            Some(ca) => {
+                config
+                    .set("security.protocol", "sasl_ssl")
+                    .set("ssl.ca.location", ca.display().to_string());
+            }
+            None => {
+                config.set("security.protocol", "sasl_plaintext");
+            }
+        }
         config
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("security.protocol", "sasl_plaintext")
             .set("sasl.mechanism", "SCRAM-SHA-512")
             .set("sasl.username", user)
             .set("sasl.password", password);
@@ -92,8 +128,9 @@ impl Drop for SaslBroker {
 fn spawn(
     bin: &str,
     port: u16,
-    dir: &std::path::Path,
+    dir: &Path,
     authentication: bool,
+    tls: bool,
 ) -> anyhow::Result<Child> {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut command = Command::new(bin);
@@ -112,6 +149,9 @@ fn spawn(
     if authentication {
         command.arg("--authentication");
     }
+    if tls {
+        command.args(["--cert", "server.pem", "--key", "server.key"]);
+    }
     command
         .spawn()
         .with_context(|| format!("starting {bin} broker"))
@@ -124,6 +164,72 @@ async fn wait_for_port(address: &str) -> anyhow::Result<()> {
             bail!("the broker did not listen on {address} within 15 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// A CA (`ca.pem`) and a certificate for 127.0.0.1 it signed (`server.pem`, `server.key`).
+fn make_certificates(dir: &Path) -> anyhow::Result<()> {
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=prompt-kafka test CA",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    ];
+    for args in steps {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("running openssl (apt-get install -y openssl)")?;
+        if !output.status.success() {
+            bail!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
     }
     Ok(())
 }
