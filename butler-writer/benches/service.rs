@@ -8,7 +8,8 @@
 //!
 //! Reported: datasets per second from the writer's first commit to its last (sustained), the
 //! same over the whole run including start-up and joining the group, and the writer's peak RSS
-//! (VmHWM). Settings come from the environment as for the service itself
+//! (VmHWM); then it reconciles: every dataset sent is in the registry exactly once and listed by
+//! a batch file, and nothing was dead-lettered. Settings come from the environment as for the service itself
 //! (BUTLER_WRITER_BATCH_MAX_MESSAGES, BUTLER_WRITER_DB_CONCURRENCY, ...).
 
 #![allow(
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use messages::MessageFactory;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::Connection;
 use test_support::TestEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -193,5 +195,51 @@ async fn main() {
         "writer: {total} datasets in {batches} batches; sustained {sustained:.0} datasets/s (first to last commit), {whole:.0} datasets/s including start-up ({:.1} s); peak RSS {:.1} MB; writer CPU {cpu:.1} s",
         done.duration_since(started).as_secs_f64(),
         rss as f64 / 1024.0
+    );
+
+    // Reconciliation: every dataset sent is in the registry once and announced by a batch file
+    // once; nothing was dead-lettered.
+    let sent: std::collections::HashSet<uuid::Uuid> =
+        messages.iter().flat_map(messages::dataset_ids).collect();
+    let mut db = sqlx::PgConnection::connect(&registry.database_url)
+        .await
+        .expect("registry");
+    let stored: Vec<uuid::Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM {}.dataset",
+        registry.namespace
+    )))
+    .fetch_all(&mut db)
+    .await
+    .expect("dataset ids");
+    let mut announced: std::collections::HashMap<uuid::Uuid, usize> =
+        std::collections::HashMap::new();
+    for entry in std::fs::read_dir(dir.path()).expect("batch files") {
+        let bytes = std::fs::read(entry.expect("entry").path()).expect("batch file");
+        for id in schema::DatasetBatch::from_json(&bytes)
+            .expect("a batch file")
+            .datasets
+        {
+            *announced.entry(id).or_default() += 1;
+        }
+    }
+    let in_registry: std::collections::HashSet<uuid::Uuid> = stored.iter().copied().collect();
+    let lost = sent.iter().filter(|id| !in_registry.contains(id)).count();
+    let unannounced = sent.iter().filter(|id| !announced.contains_key(id)).count();
+    let announced_twice = announced.values().filter(|n| **n > 1).count();
+    let dead = env
+        .read_topic(&topics.dead_letter, 1, Duration::from_secs(2))
+        .await
+        .expect("dead letters")
+        .len();
+    println!(
+        "reconciliation: {} datasets sent, {} in the registry ({lost} lost, {} extra), {} announced ({unannounced} never, {announced_twice} twice), {dead} dead-lettered",
+        sent.len(),
+        stored.len(),
+        stored.len().saturating_sub(in_registry.len()) + in_registry.difference(&sent).count(),
+        announced.len(),
+    );
+    assert!(
+        lost == 0 && unannounced == 0 && stored.len() == sent.len() && dead == 0,
+        "the backlog did not reconcile"
     );
 }
