@@ -14,8 +14,8 @@ use butler_writer::service::settings::FaultPlan;
 use butler_writer::service::{Service, ServiceError};
 use common::messages::{MessageFactory, to_lines};
 use common::service::{
-    committed, emitted, env_settings, header, http_get, ids_of, produce, reference_lines,
-    registry_datasets, start, wait_for_datasets,
+    Fixture, committed, emitted, env_settings, fixture, header, http_get, ids_of, produce,
+    reference_lines, registry_datasets, start, wait_for_datasets,
 };
 use rdkafka::message::Message;
 use test_support::TestEnv;
@@ -42,10 +42,12 @@ async fn stop(service: Service) {
 
 #[tokio::test]
 async fn reference_messages_land_with_events_files_dead_letters_and_offsets() {
-    let env = env().await;
-    let registry = env.fresh_registry().await.expect("registry");
-    let topics = env.fresh_topics(1).await.expect("topics");
-    let dir = tempfile::tempdir().expect("dir");
+    let Fixture {
+        env,
+        registry,
+        topics,
+        dir,
+    } = fixture(1).await;
 
     let mut lines = Vec::new();
     for file in REFERENCE_FILES {
@@ -170,10 +172,12 @@ async fn reference_messages_land_with_events_files_dead_letters_and_offsets() {
 
 #[tokio::test]
 async fn a_crash_before_the_kafka_commit_is_redelivered_and_nothing_is_doubled() {
-    let env = env().await;
-    let registry = env.fresh_registry().await.expect("registry");
-    let topics = env.fresh_topics(1).await.expect("topics");
-    let dir = tempfile::tempdir().expect("dir");
+    let Fixture {
+        env,
+        registry,
+        topics,
+        dir,
+    } = fixture(1).await;
     let factory = MessageFactory::load();
     let messages = factory.batch(8_100_000, 60);
     let lines = to_lines(&messages);
@@ -237,10 +241,12 @@ async fn a_crash_before_the_kafka_commit_is_redelivered_and_nothing_is_doubled()
 
 #[tokio::test]
 async fn a_restart_resumes_from_the_committed_offsets() {
-    let env = env().await;
-    let registry = env.fresh_registry().await.expect("registry");
-    let topics = env.fresh_topics(1).await.expect("topics");
-    let dir = tempfile::tempdir().expect("dir");
+    let Fixture {
+        env,
+        registry,
+        topics,
+        dir,
+    } = fixture(1).await;
     let factory = MessageFactory::load();
     let first = to_lines(&factory.batch(8_200_000, 30));
     let second = to_lines(&factory.batch(8_200_010, 30));
@@ -282,10 +288,12 @@ async fn a_restart_resumes_from_the_committed_offsets() {
 
 #[tokio::test]
 async fn a_database_outage_mid_run_loses_nothing() {
-    let env = env().await;
-    let registry = env.fresh_registry().await.expect("registry");
-    let topics = env.fresh_topics(1).await.expect("topics");
-    let dir = tempfile::tempdir().expect("dir");
+    let Fixture {
+        env,
+        registry,
+        topics,
+        dir,
+    } = fixture(1).await;
     let factory = MessageFactory::load();
 
     // The writer reaches the database through a proxy the test can cut.
@@ -366,10 +374,12 @@ async fn a_database_outage_mid_run_loses_nothing() {
 
 #[tokio::test]
 async fn two_writers_share_a_partitioned_topic_and_each_dataset_lands_once() {
-    let env = env().await;
-    let registry = env.fresh_registry().await.expect("registry");
-    let topics = env.fresh_topics(4).await.expect("topics");
-    let dir = tempfile::tempdir().expect("dir");
+    let Fixture {
+        env,
+        registry,
+        topics,
+        dir,
+    } = fixture(4).await;
     let factory = MessageFactory::load();
     let settings = env_settings(&env, &registry, &topics, dir.path());
 
@@ -429,10 +439,12 @@ async fn two_writers_share_a_partitioned_topic_and_each_dataset_lands_once() {
 
 #[tokio::test]
 async fn the_breaker_stops_consuming_instead_of_dead_lettering_a_misconfigured_stream() {
-    let env = env().await;
-    let registry = env.fresh_registry().await.expect("registry");
-    let topics = env.fresh_topics(1).await.expect("topics");
-    let dir = tempfile::tempdir().expect("dir");
+    let Fixture {
+        env,
+        registry,
+        topics,
+        dir,
+    } = fixture(1).await;
     let factory = MessageFactory::load();
     // Messages of a dataset type the registry has not registered: every one is rejected.
     let mut messages = factory.batch(8_500_000, 60);

@@ -19,6 +19,33 @@ use test_support::{TestEnv, TestRegistry, TestTopics, unique_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
+/// What most writer tests start from: the services, a fresh registry, fresh topics and a
+/// directory for batch files.
+pub struct Fixture {
+    /// The broker and the database.
+    pub env: TestEnv,
+    /// A registry of the test's own.
+    pub registry: TestRegistry,
+    /// Input, event and dead-letter topics of the test's own.
+    pub topics: TestTopics,
+    /// Where batch files go.
+    pub dir: tempfile::TempDir,
+}
+
+/// A [`Fixture`] whose input topic has `partitions` partitions.
+pub async fn fixture(partitions: i32) -> Fixture {
+    let env = TestEnv::start().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let registry = env.fresh_registry().await.expect("registry");
+    let topics = env.fresh_topics(partitions).await.expect("topics");
+    let dir = tempfile::tempdir().expect("dir");
+    Fixture {
+        env,
+        registry,
+        topics,
+        dir,
+    }
+}
+
 /// Settings for a test writer: idempotent delivery on a broker without transactions, short
 /// batches and retries, HTTP on a free loopback port, a group and transactional id of its own.
 pub fn settings(
