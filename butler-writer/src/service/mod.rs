@@ -323,22 +323,21 @@ fn create_consumer(
     metrics: &Arc<Metrics>,
     gate: &Arc<tokio::sync::Mutex<()>>,
 ) -> Result<WriterConsumer, ServiceError> {
-    let mut config = settings.kafka.client_config();
-    config
-        .set("group.id", &settings.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+    let mut config = settings.kafka.client_config(&[
+        ("group.id", &settings.group_id),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
         // Eager assignors: a rebalance revokes everything, so an uncommitted batch is simply
         // abandoned and redelivered (see `consumer`).
-        .set("partition.assignment.strategy", "range,roundrobin")
+        ("partition.assignment.strategy", "range,roundrobin"),
         // Bounded prefetch per partition: 8 MB keeps a 500-message batch fed from a backlog
         // (4 MB starved it: 4,000 instead of 6,500 datasets/s) and the writer under 150 MB
         // (16 MB: 128 MB peak on four partitions, 8 MB: 115 MB).
-        .set("queued.max.messages.kbytes", "8192")
-        .set("statistics.interval.ms", "5000")
-        .set_log_level(RDKafkaLogLevel::Warning);
-    reapply_extra(&mut config, settings);
+        ("queued.max.messages.kbytes", "8192"),
+        ("statistics.interval.ms", "5000"),
+    ]);
+    config.set_log_level(RDKafkaLogLevel::Warning);
     let context = WriterContext::new(
         Arc::clone(health),
         Arc::clone(metrics),
@@ -355,22 +354,21 @@ fn create_consumer(
 }
 
 async fn create_producer(settings: &Settings) -> Result<FutureProducer, ServiceError> {
-    let mut config = settings.kafka.client_config();
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .set_log_level(RDKafkaLogLevel::Warning);
+    let mut properties = vec![
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("linger.ms", "5"),
+        ("message.timeout.ms", "30000"),
+    ];
     if settings.kafka.debug {
-        config.set("debug", "all");
+        properties.push(("debug", "all"));
     }
     if settings.delivery == DeliveryMode::Transactional {
-        config
-            .set("transactional.id", &settings.transactional_id)
-            .set("transaction.timeout.ms", "60000");
+        properties.push(("transactional.id", &settings.transactional_id));
+        properties.push(("transaction.timeout.ms", "60000"));
     }
-    reapply_extra(&mut config, settings);
+    let mut config = settings.kafka.client_config(&properties);
+    config.set_log_level(RDKafkaLogLevel::Warning);
     let producer: FutureProducer = config
         .create()
         .map_err(|e| ServiceError::Fatal(format!("cannot create the Kafka producer: {e}")))?;
@@ -406,11 +404,4 @@ async fn create_producer(settings: &Settings) -> Result<FutureProducer, ServiceE
         }
     }
     Ok(producer)
-}
-
-/// `KafkaSettings::extra` wins over the writer's own defaults.
-fn reapply_extra(config: &mut rdkafka::ClientConfig, settings: &Settings) {
-    for (key, value) in &settings.kafka.extra {
-        config.set(key, value);
-    }
 }

@@ -85,8 +85,9 @@ impl KafkaSettings {
         }
     }
 
-    /// The settings every client shares.
-    pub fn client_config(&self) -> ClientConfig {
+    /// A client's configuration: the connection and authentication every client shares, then
+    /// the client's own `properties`, then [`extra`](Self::extra), which wins over both.
+    pub fn client_config(&self, properties: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.bootstrap_servers)
@@ -100,6 +101,9 @@ impl KafkaSettings {
         }
         if let Some(ca) = &self.ca_file {
             config.set("ssl.ca.location", ca.display().to_string());
+        }
+        for (key, value) in properties {
+            config.set(*key, *value);
         }
         for (key, value) in &self.extra {
             config.set(key, value);
