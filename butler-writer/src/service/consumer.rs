@@ -302,7 +302,7 @@ impl ConsumeLoop {
             }
             if !stopping && self.stop.load(Ordering::SeqCst) {
                 stopping = true;
-                pause_all(consumer);
+                set_paused(consumer, true);
                 if let Some(batch) = open.take() {
                     if held.is_none() {
                         held = Some(batch);
@@ -319,7 +319,7 @@ impl ConsumeLoop {
                 match sender.try_send(batch) {
                     Ok(()) => {
                         if paused_generation.take().is_some() && !stopping {
-                            resume_all(consumer);
+                            set_paused(consumer, false);
                         }
                     }
                     Err(mpsc::error::TrySendError::Full(batch)) => {
@@ -334,7 +334,7 @@ impl ConsumeLoop {
                             std::thread::sleep(Duration::from_millis(2));
                             continue;
                         } else {
-                            pause_all(consumer);
+                            set_paused(consumer, true);
                             paused_generation = Some(generation);
                         }
                     }
@@ -412,30 +412,23 @@ impl ConsumeLoop {
     }
 }
 
-fn pause_all(consumer: &WriterConsumer) {
-    match consumer.assignment() {
-        Ok(assignment) if assignment.count() > 0 => {
-            if let Err(error) = consumer.pause(&assignment) {
-                warn!(%error, "cannot pause the assigned partitions");
-            } else {
-                debug!("partitions paused: the pipeline is full");
-            }
+/// Pauses (`true`) or resumes every assigned partition.
+fn set_paused(consumer: &WriterConsumer, paused: bool) {
+    let assignment = match consumer.assignment() {
+        Ok(assignment) if assignment.count() > 0 => assignment,
+        Ok(_) => return,
+        Err(error) => {
+            warn!(%error, "cannot read the assignment");
+            return;
         }
-        Ok(_) => {}
-        Err(error) => warn!(%error, "cannot read the assignment"),
-    }
-}
-
-fn resume_all(consumer: &WriterConsumer) {
-    match consumer.assignment() {
-        Ok(assignment) if assignment.count() > 0 => {
-            if let Err(error) = consumer.resume(&assignment) {
-                warn!(%error, "cannot resume the assigned partitions");
-            } else {
-                debug!("partitions resumed");
-            }
-        }
-        Ok(_) => {}
-        Err(error) => warn!(%error, "cannot read the assignment"),
+    };
+    let result = if paused {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => debug!(paused, "assigned partitions paused or resumed"),
+        Err(error) => warn!(%error, paused, "cannot pause or resume the assigned partitions"),
     }
 }
