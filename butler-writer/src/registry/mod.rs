@@ -148,12 +148,12 @@ pub struct Registry {
 #[derive(Debug, Default, Clone, Copy)]
 struct TableGrowth {
     written: u64,
-    /// `pg_class.reltuples` when last read (negative: never analyzed); `None` until read.
+    /// `pg_class.reltuples` after this writer's last `ANALYZE` of it; `None` before the first.
     estimated: Option<f64>,
 }
 
-/// A tags table is analyzed once this writer has added this many rows to it, if its statistics
-/// are missing or describe a table less than half its size.
+/// A tags table is analyzed once this writer has added this many rows to it, and more rows than
+/// the table held at its last analysis (the first time: always).
 const ANALYZE_AFTER_ROWS: u64 = 1000;
 
 /// Tables every supported registry has and the engine writes or reads.
@@ -855,79 +855,50 @@ impl Registry {
         written: HashMap<&str, u64>,
     ) {
         for (table, rows) in written {
-            let (due, estimated) = {
+            let due = {
                 let Ok(mut stats) = self.statistics.lock() else {
                     return;
                 };
                 let growth = stats.entry(table.to_owned()).or_default();
                 growth.written += rows;
-                let due = growth.written >= ANALYZE_AFTER_ROWS
-                    && growth.estimated.is_none_or(|e| {
-                        #[allow(clippy::cast_precision_loss)]
-                        let written = growth.written as f64;
-                        e < 0.0 || written > e
-                    });
-                (due, growth.estimated)
+                #[allow(clippy::cast_precision_loss)]
+                let outgrown = growth.estimated.is_none_or(|e| growth.written as f64 > e);
+                growth.written >= ANALYZE_AFTER_ROWS && outgrown
             };
             if !due {
                 continue;
             }
+            // The first time, a table with good statistics (a long-lived registry) is analyzed
+            // once and then left to autovacuum, its estimate being far above what we add.
             let qualified = format!("{ns}.{}", ident(table));
-            // Read the current estimate first: another writer or autovacuum may have analyzed.
-            let current: Option<f32> = match estimated {
-                Some(_) => None,
-                None => sqlx::query_scalar(AssertSqlSafe(format!(
+            let started = std::time::Instant::now();
+            let analyzed = sqlx::query(AssertSqlSafe(format!("ANALYZE {qualified}")))
+                .execute(&mut *conn)
+                .await;
+            let estimated = match analyzed {
+                Ok(_) => sqlx::query_scalar::<_, f32>(AssertSqlSafe(format!(
                     "SELECT reltuples FROM pg_class WHERE oid = '{qualified}'::regclass"
                 )))
                 .fetch_optional(&mut *conn)
                 .await
                 .ok()
-                .flatten(),
-            };
-            if let Some(current) = current
-                && current >= 0.0
-            {
-                let Ok(mut stats) = self.statistics.lock() else {
-                    return;
-                };
-                if let Some(growth) = stats.get_mut(table) {
-                    growth.estimated = Some(f64::from(current));
-                    #[allow(clippy::cast_precision_loss)]
-                    let fresh_enough = (growth.written as f64) <= f64::from(current);
-                    if fresh_enough {
-                        continue;
-                    }
-                }
-            }
-            let started = std::time::Instant::now();
-            match sqlx::query(AssertSqlSafe(format!("ANALYZE {qualified}")))
-                .execute(&mut *conn)
-                .await
-            {
-                Ok(_) => {
-                    let after: Option<f32> = sqlx::query_scalar(AssertSqlSafe(format!(
-                        "SELECT reltuples FROM pg_class WHERE oid = '{qualified}'::regclass"
-                    )))
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .ok()
-                    .flatten();
-                    debug!(table = %qualified, rows = ?after, elapsed_ms = started.elapsed().as_millis(), "refreshed the planner's statistics");
-                    if let Ok(mut stats) = self.statistics.lock()
-                        && let Some(growth) = stats.get_mut(table)
-                    {
-                        growth.written = 0;
-                        growth.estimated = after.map(f64::from);
-                    }
-                }
+                .flatten()
+                .map(f64::from),
                 Err(error) => {
                     warn!(table = %qualified, error = %describe(&error), "cannot refresh the planner's statistics");
-                    if let Ok(mut stats) = self.statistics.lock()
-                        && let Some(growth) = stats.get_mut(table)
-                    {
-                        growth.written = 0;
-                    }
+                    None
                 }
+            };
+            debug!(table = %qualified, rows = ?estimated, elapsed_ms = started.elapsed().as_millis(), "refreshed the planner's statistics");
+            if let Ok(mut stats) = self.statistics.lock()
+                && let Some(growth) = stats.get_mut(table)
+            {
+                // At least what we wrote: when ANALYZE changed nothing (not the owner, or it
+                // failed), the next try waits for twice as many rows, and so on.
+                #[allow(clippy::cast_precision_loss)]
+                let written = growth.written as f64;
+                growth.estimated = Some(estimated.unwrap_or(0.0).max(written));
+                growth.written = 0;
             }
         }
     }
