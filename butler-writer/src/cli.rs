@@ -15,6 +15,8 @@ use crate::error::EngineError;
 use crate::outcome::RejectReason;
 use crate::registry::{OpenOptions, Registry, StartupError};
 use crate::repository::ButlerConfig;
+use crate::service::pipeline::Backoff;
+use crate::service::settings::RetrySettings;
 
 /// The Butler Writer of Prompt Processing outputs.
 #[derive(Debug, Parser)]
@@ -251,14 +253,19 @@ async fn ingest_with_retries(
     values: &[&[u8]],
     retries: u32,
 ) -> Result<crate::BatchOutcome, String> {
+    // The service's backoff, bounded: a one-shot command gives up after `retries` tries.
+    let mut backoff = Backoff::new(RetrySettings {
+        initial: Duration::from_secs(2),
+        max: Duration::from_secs(32),
+    });
     let mut attempt = 0;
     loop {
         match registry.ingest_values(values).await {
             Ok(outcome) => return Ok(outcome),
             Err(EngineError::Retry(error)) if attempt < retries => {
                 attempt += 1;
-                let wait = Duration::from_secs(1 << attempt.min(5));
-                warn!(attempt, error = %crate::error::describe(&error), wait_s = wait.as_secs(), "database unavailable; retrying the batch");
+                let wait = backoff.next_wait();
+                warn!(attempt, error = %crate::error::describe(&error), wait_ms = wait.as_millis(), "database unavailable; retrying the batch");
                 tokio::time::sleep(wait).await;
             }
             Err(error) => return Err(error.to_string()),
