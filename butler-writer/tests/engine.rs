@@ -499,16 +499,7 @@ async fn database_errors_are_classified_retry_or_stop() {
 
     // Retry: the database goes away (through a proxy, so other tests keep their server) and
     // comes back; the batch is kept and lands once, whole.
-    let port = url_port(&test_registry.database_url);
-    let proxy = test_support::proxy::TcpProxy::start(&format!("127.0.0.1:{port}"))
-        .await
-        .expect("proxy");
-    let proxied = test_registry.repo.join("proxied.yaml");
-    std::fs::write(
-        &proxied,
-        text.replace(&format!(":{port}/"), &format!(":{}/", proxy.port())),
-    )
-    .expect("write");
+    let (proxy, proxied) = test_registry.through_proxy().await.expect("proxy");
     let config = ButlerConfig::from_path(&proxied).expect("config");
     let options = OpenOptions {
         acquire_timeout: std::time::Duration::from_secs(2),
@@ -541,17 +532,6 @@ async fn database_errors_are_classified_retry_or_stop() {
         .await,
         1
     );
-}
-
-fn url_port(url: &str) -> u16 {
-    let after_host = url.rsplit_once('@').map_or(url, |(_, h)| h);
-    let port = after_host
-        .split('/')
-        .next()
-        .and_then(|h| h.rsplit_once(':'))
-        .map(|(_, p)| p);
-    port.and_then(|p| p.parse().ok())
-        .expect("a port in the database URL")
 }
 
 #[tokio::test]

@@ -297,22 +297,7 @@ async fn a_database_outage_mid_run_loses_nothing() {
     let factory = MessageFactory::load();
 
     // The writer reaches the database through a proxy the test can cut.
-    let text = std::fs::read_to_string(&registry.butler_config).expect("butler.yaml");
-    let port = registry
-        .database_url
-        .rsplit_once(':')
-        .and_then(|(_, rest)| rest.split('/').next())
-        .expect("port")
-        .to_owned();
-    let proxy = test_support::proxy::TcpProxy::start(&format!("127.0.0.1:{port}"))
-        .await
-        .expect("proxy");
-    let proxied = registry.repo.join("proxied.yaml");
-    std::fs::write(
-        &proxied,
-        text.replace(&format!(":{port}/"), &format!(":{}/", proxy.port())),
-    )
-    .expect("write");
+    let (proxy, proxied) = registry.through_proxy().await.expect("proxy");
     let mut settings = env_settings(&env, &registry, &topics, dir.path());
     settings.butler_repository = proxied.display().to_string();
     settings.open_options.acquire_timeout = Duration::from_secs(1);

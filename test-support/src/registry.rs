@@ -11,6 +11,7 @@ use std::process::Stdio;
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
+use crate::proxy::TcpProxy;
 use crate::{TestEnv, unique_name, workspace_root};
 
 /// How a fresh registry should differ from the default (universe as daf_butler's current, the
@@ -139,4 +140,30 @@ fn template_dir() -> anyhow::Result<PathBuf> {
     );
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+impl TestRegistry {
+    /// A copy of this registry's `butler.yaml` (`proxied.yaml`, beside it) that reaches the
+    /// database through a [`TcpProxy`] of its own, so a test can take the database away from
+    /// one writer without stopping the server other tests use.
+    pub async fn through_proxy(&self) -> anyhow::Result<(TcpProxy, PathBuf)> {
+        let after_host = self
+            .database_url
+            .rsplit_once('@')
+            .map_or(self.database_url.as_str(), |(_, h)| h);
+        let port: u16 = after_host
+            .split('/')
+            .next()
+            .and_then(|h| h.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .with_context(|| format!("no port in the database URL of {}", self.database))?;
+        let proxy = TcpProxy::start(&format!("127.0.0.1:{port}")).await?;
+        let text = std::fs::read_to_string(&self.butler_config)?;
+        let proxied = self.repo.join("proxied.yaml");
+        std::fs::write(
+            &proxied,
+            text.replace(&format!(":{port}/"), &format!(":{}/", proxy.port())),
+        )?;
+        Ok((proxy, proxied))
+    }
 }
