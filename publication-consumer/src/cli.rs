@@ -1,0 +1,420 @@
+//! `publication-consumer serve`: flags and environment variables, turned into [`Settings`].
+//!
+//! The Kafka and repository variables are the Butler Writer's (`BUTLER_REPOSITORY`,
+//! `KAFKA_CLUSTER`, `KAFKA_TOPIC`, `KAFKA_USERNAME`, `KAFKA_PASSWORD`,
+//! `OUTPUT_DATASET_LIST_DIRECTORY`), so one deployment's values serve both; the consumer's own
+//! are `PUBLICATION_*`, `KAFKA_GROUP_ID` and `EMBARGO_HOURS`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use butler_writer::service::{KafkaSettings, SecurityProtocol};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
+
+use crate::clock::Clock;
+use crate::settings::{
+    DEFAULT_BATCH_FILE_WAIT_SECONDS, DEFAULT_EMBARGO_HOURS, DEFAULT_GROUP_ID, DEFAULT_ORIGIN,
+    DEFAULT_SCHEMA, DEFAULT_TOPIC, RetrySettings, Settings, hours,
+};
+use crate::{Service, ServiceError};
+
+/// A Prompt Publication Service consumer: batch-ingested events in, datasets and their
+/// embargo-release times out, and an HTTP API of what is ready to publish.
+#[derive(Debug, Parser)]
+#[command(name = "publication-consumer", version, about)]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace); `RUST_LOG` takes a full filter instead.
+    #[arg(
+        long,
+        global = true,
+        env = "PUBLICATION_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    /// Log format: `json` (one object per line), `text`, or `auto` (text on a terminal, JSON
+    /// otherwise).
+    #[arg(
+        long,
+        global = true,
+        env = "PUBLICATION_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Auto
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the consumer and its HTTP API until SIGTERM or Ctrl-C. Every flag can also be given
+    /// by the environment variable shown; flags win.
+    Serve(Box<ServeArgs>),
+}
+
+/// Arguments of `publication-consumer serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The registry's repository: its `butler.yaml`, or the directory holding it; a local path
+    /// or `s3://[profile@]bucket/prefix/`. Only read from.
+    #[arg(long, env = "BUTLER_REPOSITORY")]
+    pub butler_repository: String,
+
+    /// Kafka bootstrap servers, `host:port[,host:port...]`.
+    #[arg(long, env = "KAFKA_CLUSTER")]
+    pub kafka_cluster: String,
+
+    /// The topic of batch-ingested events.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = DEFAULT_TOPIC)]
+    pub kafka_topic: String,
+
+    /// The consumer group (its own: offsets are committed after the state is stored).
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = DEFAULT_GROUP_ID)]
+    pub kafka_group_id: String,
+
+    /// SCRAM-SHA-512 user; with `--kafka-password`, or neither.
+    #[arg(long, env = "KAFKA_USERNAME")]
+    pub kafka_username: Option<String>,
+
+    /// SCRAM-SHA-512 password (never printed).
+    #[arg(long, env = "KAFKA_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
+    pub kafka_password: Option<SecretString>,
+
+    /// `security.protocol`; by default `sasl_plaintext` with credentials (`sasl_ssl` with a CA
+    /// file) and `plaintext` without (`ssl` with a CA file).
+    #[arg(long, env = "PUBLICATION_KAFKA_SECURITY_PROTOCOL", value_enum)]
+    pub kafka_security_protocol: Option<SecurityProtocol>,
+
+    /// CA certificate (PEM) for TLS to the brokers.
+    #[arg(long, env = "PUBLICATION_KAFKA_CA_FILE")]
+    pub kafka_ca_file: Option<PathBuf>,
+
+    /// Extra librdkafka consumer property, `key=value`; repeatable.
+    #[arg(long = "kafka-option", value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+
+    /// The directory the writer writes batch files to (the writer's variable); an event's
+    /// `batch_file` is relative to it. Local path or `s3://[profile@]bucket/prefix/`.
+    #[arg(long, env = "OUTPUT_DATASET_LIST_DIRECTORY")]
+    pub batch_directory: String,
+
+    /// The state database, `postgresql://user[:password]@host[:port]/database`; the registry's
+    /// database (from butler.yaml) when not set. Its password is never printed.
+    #[arg(long, env = "PUBLICATION_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// The Postgres schema of the state, created and migrated at start-up.
+    #[arg(long, env = "PUBLICATION_SCHEMA", default_value = DEFAULT_SCHEMA)]
+    pub schema: String,
+
+    /// Hours after the end of the observation a dataset stays embargoed.
+    #[arg(long, env = "EMBARGO_HOURS", default_value_t = DEFAULT_EMBARGO_HOURS)]
+    pub embargo_hours: f64,
+
+    /// Accepted event origins, comma-separated; others are recorded as failed and skipped.
+    #[arg(long, env = "PUBLICATION_ORIGINS", value_delimiter = ',', default_value = DEFAULT_ORIGIN)]
+    pub origins: Vec<String>,
+
+    /// Seconds a missing batch file is waited for before its event is recorded as failed.
+    #[arg(
+        long,
+        env = "PUBLICATION_BATCH_FILE_WAIT_SECONDS",
+        default_value_t = DEFAULT_BATCH_FILE_WAIT_SECONDS
+    )]
+    pub batch_file_wait_seconds: f64,
+
+    /// Address of the HTTP API and the operations endpoints.
+    #[arg(long, env = "PUBLICATION_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub http_address: SocketAddr,
+
+    /// Database connections per pool (state and registry).
+    #[arg(long, env = "PUBLICATION_DB_MAX_CONNECTIONS", default_value_t = 4)]
+    pub db_max_connections: u32,
+
+    /// db-auth file with database credentials (default `$LSST_DB_AUTH` or
+    /// `~/.lsst/db-auth.yaml`).
+    #[arg(long, env = "LSST_DB_AUTH")]
+    pub db_auth: Option<PathBuf>,
+
+    /// First wait, in milliseconds, before retrying after a database, storage or broker failure.
+    #[arg(long, env = "PUBLICATION_RETRY_INITIAL_MS", default_value_t = 200)]
+    pub retry_initial_ms: u64,
+
+    /// Longest wait between retries, in milliseconds (database retries never give up).
+    #[arg(long, env = "PUBLICATION_RETRY_MAX_MS", default_value_t = 30_000)]
+    pub retry_max_ms: u64,
+
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) may take to store the event in hand.
+    #[arg(
+        long,
+        env = "PUBLICATION_SHUTDOWN_GRACE_SECONDS",
+        default_value_t = 10.0
+    )]
+    pub shutdown_grace_seconds: f64,
+}
+
+fn parse_secret(text: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(text.to_owned()))
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.trim().is_empty())
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))
+}
+
+fn seconds(value: f64, name: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| format!("{name} must be a number of seconds >= 0"))
+}
+
+impl ServeArgs {
+    /// Validated settings, or one line saying what to change.
+    pub fn into_settings(self) -> Result<Settings, String> {
+        let credentials = match (self.kafka_username, self.kafka_password) {
+            (Some(user), Some(password)) => Some((user, password)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "KAFKA_USERNAME and KAFKA_PASSWORD go together: set both or neither".to_owned(),
+                );
+            }
+        };
+        let tls = self.kafka_ca_file.is_some();
+        let security_protocol =
+            self.kafka_security_protocol
+                .unwrap_or(match (credentials.is_some(), tls) {
+                    (true, false) => SecurityProtocol::SaslPlaintext,
+                    (true, true) => SecurityProtocol::SaslSsl,
+                    (false, false) => SecurityProtocol::Plaintext,
+                    (false, true) => SecurityProtocol::Ssl,
+                });
+        let kafka = KafkaSettings {
+            bootstrap_servers: self.kafka_cluster,
+            credentials,
+            security_protocol,
+            ca_file: self.kafka_ca_file,
+            debug: false,
+            extra: self.kafka_options,
+        };
+        let embargo = hours(self.embargo_hours)
+            .ok_or_else(|| "EMBARGO_HOURS must be a number of hours >= 0".to_owned())?;
+        let settings = Settings {
+            butler_repository: self.butler_repository,
+            kafka,
+            topic: self.kafka_topic,
+            group_id: self.kafka_group_id,
+            batch_directory: self.batch_directory,
+            database_url: self
+                .database_url
+                .filter(|u| !u.is_empty())
+                .map(SecretString::from),
+            schema: self.schema,
+            db_auth: self
+                .db_auth
+                .or_else(butler_writer::db_auth::default_auth_file),
+            db_max_connections: self.db_max_connections,
+            embargo,
+            origins: self
+                .origins
+                .into_iter()
+                .map(|o| o.trim().to_owned())
+                .collect(),
+            batch_file_wait: seconds(
+                self.batch_file_wait_seconds,
+                "PUBLICATION_BATCH_FILE_WAIT_SECONDS",
+            )?,
+            retry: RetrySettings {
+                initial: Duration::from_millis(self.retry_initial_ms),
+                max: Duration::from_millis(self.retry_max_ms),
+            },
+            http_address: self.http_address,
+            shutdown_grace: seconds(
+                self.shutdown_grace_seconds,
+                "PUBLICATION_SHUTDOWN_GRACE_SECONDS",
+            )?,
+            clock: Clock::system(),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+/// Starts logging to stderr: `RUST_LOG` if set, else the `--log-level`.
+pub fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_level.to_lowercase()));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let json = match cli.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.with_ansi(terminal).try_init()
+    };
+}
+
+/// Runs a parsed command line. Exit status 0 after a clean stop, 1 on a fatal error, 2 on a
+/// configuration error (one line on stderr each time).
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(*args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let settings = match args.into_settings() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("publication-consumer: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let service = tokio::select! {
+        started = Service::start(settings) => match started {
+            Ok(service) => service,
+            Err(error) => return fail(&error),
+        },
+        () = termination() => return ExitCode::SUCCESS,
+    };
+    match service.run_until(termination()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &ServiceError) -> ExitCode {
+    eprintln!("publication-consumer: {error}");
+    ExitCode::from(1)
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<super::Settings, String> {
+        let mut argv = vec!["publication-consumer", "serve"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Serve(args) => args.into_settings(),
+        }
+    }
+
+    const REQUIRED: &[&str] = &[
+        "--butler-repository",
+        "/repo",
+        "--kafka-cluster",
+        "localhost:9092",
+        "--batch-directory",
+        "/tmp/batches/",
+    ];
+
+    #[test]
+    fn defaults() {
+        let settings = parse(REQUIRED).expect("valid");
+        assert_eq!(settings.topic, "butler-writer-ingestion-events");
+        assert_eq!(settings.group_id, "publication-consumer");
+        assert_eq!(settings.schema, "publication_consumer");
+        assert_eq!(settings.embargo.as_secs(), 80 * 3600);
+        assert_eq!(settings.batch_file_wait.as_secs(), 600);
+        assert_eq!(settings.origins, vec!["prompt_processing".to_owned()]);
+        assert_eq!(settings.http_address.port(), 8080);
+        assert!(settings.database_url.is_none());
+    }
+
+    #[test]
+    fn credentials_go_together_and_stay_secret() {
+        let mut args = REQUIRED.to_vec();
+        args.extend(["--kafka-username", "pps"]);
+        assert!(
+            parse(&args)
+                .expect_err("no password")
+                .contains("KAFKA_PASSWORD")
+        );
+        args.extend(["--kafka-password", "hunter2"]);
+        let settings = parse(&args).expect("valid");
+        assert_eq!(
+            settings.kafka.security_protocol,
+            super::SecurityProtocol::SaslPlaintext
+        );
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        let mut args = REQUIRED.to_vec();
+        args.extend(["--database-url", "postgresql://pps:sesame@db/state"]);
+        assert!(!format!("{:?}", parse(&args).expect("valid")).contains("sesame"));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let mut args = REQUIRED.to_vec();
+        args.extend(["--schema", "Bad-Schema"]);
+        assert!(
+            parse(&args)
+                .expect_err("schema")
+                .contains("PUBLICATION_SCHEMA")
+        );
+        let mut args = REQUIRED.to_vec();
+        args.extend(["--embargo-hours=-3"]);
+        assert!(parse(&args).expect_err("embargo").contains("EMBARGO_HOURS"));
+        let mut args = REQUIRED.to_vec();
+        args.extend(["--origins", "a,,b"]);
+        assert!(
+            parse(&args)
+                .expect_err("origins")
+                .contains("PUBLICATION_ORIGINS")
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! The HTTP API and the operations endpoints. The router is built from [`ROUTES`], the list the
+//! OpenAPI document (`openapi.json`, served at `/openapi.json`) is checked against, so a route
+//! cannot be added without being described.
+//!
+//! "Now" is the service's [`Clock`]: embargo statuses and "ready" are computed at the clock's
+//! time, which tests move past the embargo.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::store::{DatasetQuery, DatasetView, Store};
+
+/// The OpenAPI 3 description of [`ROUTES`].
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route (all `GET`), in axum's path syntax, which is OpenAPI's.
+pub const ROUTES: &[&str] = &[
+    "/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/api/v1/counts",
+    "/api/v1/datasets/ready",
+    "/api/v1/datasets/{id}",
+    "/api/v1/visits/{visit}/datasets",
+    "/api/v1/failed-events",
+];
+
+/// Default page size.
+pub const DEFAULT_LIMIT: i64 = 100;
+/// Largest page size.
+pub const MAX_LIMIT: i64 = 1000;
+
+/// What the handlers read.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// The state database.
+    pub store: Store,
+    /// Readiness and liveness.
+    pub health: Arc<Health>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// "Now".
+    pub clock: Clock,
+    /// `/healthz` fails when the consume loop has not turned for this long.
+    pub stall_timeout: Duration,
+}
+
+/// The routes.
+pub fn router(state: HttpState) -> Router {
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, path| {
+            router.route(path, handler(path))
+        })
+        .with_state(state)
+}
+
+fn handler(path: &str) -> MethodRouter<HttpState> {
+    match path {
+        "/" => get(metadata),
+        "/healthz" => get(healthz),
+        "/readyz" => get(readyz),
+        "/metrics" => get(metrics),
+        "/openapi.json" => get(openapi),
+        "/api/v1/counts" => get(counts),
+        "/api/v1/datasets/ready" => get(ready),
+        "/api/v1/datasets/{id}" => get(dataset),
+        "/api/v1/visits/{visit}/datasets" => get(visit_datasets),
+        "/api/v1/failed-events" => get(failed_events),
+        _ => get(|| async { StatusCode::NOT_FOUND }),
+    }
+}
+
+/// An error answer: `{"error": "..."}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+fn unavailable(error: &anyhow::Error) -> ApiError {
+    warn!(error = format!("{error:#}"), "an API query failed");
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the state database did not answer: {error:#}"),
+    )
+}
+
+async fn metadata() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "name": "publication-consumer",
+        "version": crate::VERSION,
+        "description": env!("CARGO_PKG_DESCRIPTION"),
+        "repository_url": env!("CARGO_PKG_REPOSITORY"),
+        "documentation_url": concat!(env!("CARGO_PKG_REPOSITORY"), "/tree/main/publication-consumer"),
+        "links": {
+            "openapi": "/openapi.json",
+            "counts": "/api/v1/counts",
+            "ready": "/api/v1/datasets/ready",
+            "health": "/healthz",
+            "readiness": "/readyz",
+            "metrics": "/metrics",
+        },
+    }))
+}
+
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    let since = state.health.since_heartbeat();
+    if since > state.stall_timeout {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "stalled",
+                "consume_loop_idle_seconds": since.as_secs_f64(),
+            })),
+        )
+    } else {
+        (StatusCode::OK, Json(serde_json::json!({ "status": "ok" })))
+    }
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let readiness = state.health.readiness();
+    state.metrics.ready.set(i64::from(readiness.ready));
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness))
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    state
+        .metrics
+        .ready
+        .set(i64::from(state.health.readiness().ready));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn counts(State(state): State<HttpState>) -> Result<impl IntoResponse, ApiError> {
+    let counts = state
+        .store
+        .counts(state.clock.now())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(Json(counts))
+}
+
+/// Query parameters of the dataset lists.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only this visit.
+    pub visit: Option<i64>,
+    /// Only this instrument.
+    pub instrument: Option<String>,
+    /// Only this dataset type.
+    pub dataset_type: Option<String>,
+}
+
+/// A page of datasets.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DatasetPage {
+    /// The time statuses were computed at.
+    pub at: DateTime<Utc>,
+    /// The datasets, by release time then id.
+    pub datasets: Vec<DatasetView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A cursor: the `(release_at, id)` of the last dataset of a page, as `<unix µs>-<uuid>`.
+pub fn encode_cursor(release_at: DateTime<Utc>, id: Uuid) -> String {
+    format!("{}-{id}", release_at.timestamp_micros())
+}
+
+/// Reads a cursor made by [`encode_cursor`].
+pub fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = cursor.split_once('-')?;
+    let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    Some((at, id.parse().ok()?))
+}
+
+fn dataset_query(params: ListParams) -> Result<DatasetQuery, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let after = match params.cursor.as_deref() {
+        None | Some("") => None,
+        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| bad_request("invalid cursor"))?),
+    };
+    Ok(DatasetQuery {
+        ready_at: None,
+        visit: params.visit,
+        instrument: params.instrument,
+        dataset_type: params.dataset_type,
+        after,
+        limit,
+    })
+}
+
+async fn page(
+    state: &HttpState,
+    query: DatasetQuery,
+    at: DateTime<Utc>,
+) -> Result<Json<DatasetPage>, ApiError> {
+    let datasets = state
+        .store
+        .datasets(&query, at)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let full = i64::try_from(datasets.len()).unwrap_or(i64::MAX) == query.limit;
+    let next_cursor = datasets
+        .last()
+        .filter(|_| full)
+        .map(|d| encode_cursor(d.release_at, d.id));
+    Ok(Json(DatasetPage {
+        at,
+        datasets,
+        next_cursor,
+    }))
+}
+
+async fn ready(
+    State(state): State<HttpState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<DatasetPage>, ApiError> {
+    let at = state.clock.now();
+    let mut query = dataset_query(params)?;
+    query.ready_at = Some(at);
+    page(&state, query, at).await
+}
+
+async fn visit_datasets(
+    State(state): State<HttpState>,
+    Path(visit): Path<i64>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<DatasetPage>, ApiError> {
+    let at = state.clock.now();
+    let mut query = dataset_query(params)?;
+    query.visit = Some(visit);
+    page(&state, query, at).await
+}
+
+async fn dataset(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<DatasetView>, ApiError> {
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| bad_request(format!("{id:?} is not a dataset id (a UUID)")))?;
+    match state.store.dataset(id, state.clock.now()).await {
+        Ok(Some(view)) => Ok(Json(view)),
+        Ok(None) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("dataset {id} is not recorded"),
+        )),
+        Err(e) => Err(unavailable(&e)),
+    }
+}
+
+/// Query parameters of `/api/v1/failed-events`.
+#[derive(Debug, Deserialize)]
+pub struct FailedParams {
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+async fn failed_events(
+    State(state): State<HttpState>,
+    Query(params): Query<FailedParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let events = state
+        .store
+        .failed_events(limit)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(Json(serde_json::json!({ "failed_events": events })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_route_is_in_the_openapi_document_and_nothing_else() {
+        let document: serde_json::Value =
+            serde_json::from_str(OPENAPI).unwrap_or_else(|e| panic!("openapi.json: {e}"));
+        assert!(
+            document["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3."))
+        );
+        let paths = document["paths"].as_object().cloned().unwrap_or_default();
+        let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+        let routed: BTreeSet<&str> = ROUTES.iter().copied().collect();
+        assert_eq!(documented, routed);
+        for path in ROUTES {
+            assert!(paths[*path]["get"].is_object(), "{path} documents its GET");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let at = DateTime::from_timestamp_micros(1_777_680_000_123_456).unwrap_or_default();
+        let id = Uuid::from_u128(42);
+        assert_eq!(decode_cursor(&encode_cursor(at, id)), Some((at, id)));
+        assert_eq!(decode_cursor("nonsense"), None);
+        assert_eq!(decode_cursor("12-notauuid"), None);
+    }
+}

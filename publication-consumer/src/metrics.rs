@@ -1,0 +1,147 @@
+//! Prometheus metrics, all named `publication_consumer_*`, served at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A metric's labels: name and value pairs.
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric of the consumer.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Events recorded (a batch seen for the first time).
+    pub events_processed: Counter,
+    /// Events whose batch had been recorded before (replays, duplicates).
+    pub events_duplicate: Counter,
+    /// Events skipped and recorded in `failed_event`, by reason.
+    pub events_failed: Family<Labels, Counter>,
+    /// Datasets added to the state.
+    pub datasets_recorded: Counter,
+    /// Dataset ids the registry did not know, recorded in `unknown_dataset`.
+    pub unknown_datasets: Counter,
+    /// Retries after a transient failure, by stage.
+    pub retries: Family<Labels, Counter>,
+    /// From receiving an event to its offset commit.
+    pub event_seconds: Histogram,
+    /// From an event's Kafka timestamp to its offset commit.
+    pub event_age_seconds: Histogram,
+    /// Datasets per batch file.
+    pub batch_datasets: Histogram,
+    /// Messages behind the end of each assigned partition, as librdkafka last reported it.
+    pub consumer_lag: Family<Labels, Gauge>,
+    /// 1 while `/readyz` says ready.
+    pub ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("publication_consumer");
+        let metrics = Self {
+            events_processed: Counter::default(),
+            events_duplicate: Counter::default(),
+            events_failed: Family::default(),
+            datasets_recorded: Counter::default(),
+            unknown_datasets: Counter::default(),
+            retries: Family::default(),
+            event_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            event_age_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+            batch_datasets: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            consumer_lag: Family::default(),
+            ready: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events_processed",
+            "Events whose batch was recorded",
+            metrics.events_processed.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Events whose batch had been recorded before (replays, duplicates)",
+            metrics.events_duplicate.clone(),
+        );
+        registry.register(
+            "events_failed",
+            "Events skipped and recorded as failed, by reason",
+            metrics.events_failed.clone(),
+        );
+        registry.register(
+            "datasets_recorded",
+            "Datasets added to the state",
+            metrics.datasets_recorded.clone(),
+        );
+        registry.register(
+            "unknown_datasets",
+            "Dataset ids of batch files that the registry does not know",
+            metrics.unknown_datasets.clone(),
+        );
+        registry.register(
+            "retries",
+            "Retries after a transient failure, by stage: batch_file, registry, database",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "event_seconds",
+            "From receiving an event to committing its offset",
+            metrics.event_seconds.clone(),
+        );
+        registry.register(
+            "event_age_seconds",
+            "From an event's Kafka timestamp to committing its offset",
+            metrics.event_age_seconds.clone(),
+        );
+        registry.register(
+            "batch_datasets",
+            "Datasets per batch file",
+            metrics.batch_datasets.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Events behind the end of each assigned partition",
+            metrics.consumer_lag.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while the consumer is ready",
+            metrics.ready.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts a retry at `stage`.
+    pub fn retry(&self, stage: &'static str) {
+        self.retries
+            .get_or_create(&vec![("stage", stage.to_owned())])
+            .inc();
+    }
+
+    /// Counts a failed event.
+    pub fn failed(&self, reason: &str) {
+        self.events_failed
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}

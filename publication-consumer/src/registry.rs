@@ -1,0 +1,231 @@
+//! Read-only lookups in the Butler registry: what a batch's dataset ids are (dataset type, RUN,
+//! data ID, ingest date) and when their exposure or visit ended.
+//!
+//! The connection is opened with `default_transaction_read_only=on`, so even a bug here cannot
+//! write to the registry. Tables are those of daf_butler's Postgres registry
+//! (`../shared/reference/butler-registry.md` §4): `dataset`, `dataset_type`, `collection`, one
+//! `dataset_tags_%08d` table per dimension group (named by `dataset_type.tag_association_table`),
+//! `visit` and `exposure` with `int8range` timespans in TAI nanoseconds.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use butler_writer::ButlerConfig;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Row};
+use uuid::Uuid;
+
+/// One dataset as the registry knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryDataset {
+    /// The dataset id.
+    pub id: Uuid,
+    /// `dataset_type.name`.
+    pub dataset_type: String,
+    /// The RUN collection's name.
+    pub run: String,
+    /// `dataset.ingest_date`: TAI nanoseconds.
+    pub ingest_date_tai_ns: i64,
+    /// The required dimensions from the tags table (`instrument`, `detector`, `visit`, ...); an
+    /// empty object when the tags row is missing.
+    pub data_id: serde_json::Map<String, serde_json::Value>,
+    /// The visit's timespan end (TAI ns) when the data ID has a visit the registry knows.
+    pub visit_end_tai_ns: Option<i64>,
+    /// The visit's `day_obs`.
+    pub visit_day_obs: Option<i64>,
+    /// The exposure's timespan end (TAI ns) when the data ID has an exposure.
+    pub exposure_end_tai_ns: Option<i64>,
+    /// The exposure's `day_obs`.
+    pub exposure_day_obs: Option<i64>,
+    /// The exposure's group.
+    pub exposure_group: Option<String>,
+}
+
+/// A registry opened for reading.
+#[derive(Debug, Clone)]
+pub struct RegistryReader {
+    pool: PgPool,
+    namespace: String,
+}
+
+/// Double-quotes an identifier for SQL.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl RegistryReader {
+    /// Connects (read-only) to the registry `config` names. Does not wait: the caller retries.
+    pub async fn connect(
+        config: &ButlerConfig,
+        auth_file: Option<&std::path::Path>,
+        max_connections: u32,
+    ) -> Result<Self, StartError> {
+        let options = butler_writer::db_auth::connect_options(&config.registry_db, auth_file)
+            .map_err(|e| StartError::Fatal(e.to_string()))?
+            .options([("default_transaction_read_only", "on")])
+            .application_name("publication-consumer");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| StartError::classify(e, "the registry database"))?;
+        let namespace = match &config.namespace {
+            Some(ns) => ns.clone(),
+            None => sqlx::query_scalar("SELECT current_schema()")
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| StartError::classify(e, "the registry database"))?,
+        };
+        let dataset_table: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'dataset')",
+        )
+        .bind(&namespace)
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| StartError::classify(e, "the registry database"))?;
+        if !dataset_table {
+            return Err(StartError::Fatal(format!(
+                "the registry named by {} has no `dataset` table in schema `{namespace}`",
+                config.location
+            )));
+        }
+        Ok(Self { pool, namespace })
+    }
+
+    /// The registry's schema.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// The datasets of `ids` the registry has; ids it does not know are absent from the result.
+    /// Two statements whatever the number of ids: which tags tables hold them, then everything
+    /// else in one query over those tables.
+    pub async fn lookup(&self, ids: &[Uuid]) -> anyhow::Result<Vec<RegistryDataset>> {
+        let ns = ident(&self.namespace);
+        let tables: Vec<Option<String>> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT DISTINCT dt.tag_association_table
+             FROM {ns}.dataset d JOIN {ns}.dataset_type dt ON dt.id = d.dataset_type_id
+             WHERE d.id = ANY($1)"
+        )))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .context("finding the tags tables of a batch's datasets")?;
+        let tables: Vec<String> = tables.into_iter().flatten().collect();
+        let tags = if tables.is_empty() {
+            // No dataset is known: keep the query's shape with an empty relation.
+            "SELECT NULL::uuid AS dataset_id, NULL::bigint AS collection_id, NULL::jsonb AS data_id WHERE false".to_owned()
+        } else {
+            tables
+                .iter()
+                .map(|t| {
+                    format!(
+                        "SELECT t.dataset_id, t.collection_id,
+                                to_jsonb(t) - 'dataset_id' - 'dataset_type_id' - 'collection_id' AS data_id
+                         FROM {ns}.{} t WHERE t.dataset_id = ANY($1)",
+                        ident(t)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        };
+        let sql = format!(
+            "WITH tags AS ({tags})
+             SELECT d.id, dt.name AS dataset_type, c.name AS run, d.ingest_date,
+                    COALESCE(tags.data_id, '{{}}'::jsonb) AS data_id,
+                    upper(v.timespan) AS visit_end, (to_jsonb(v) ->> 'day_obs')::bigint AS visit_day_obs,
+                    upper(e.timespan) AS exposure_end, (to_jsonb(e) ->> 'day_obs')::bigint AS exposure_day_obs,
+                    to_jsonb(e) ->> 'group' AS exposure_group
+             FROM {ns}.dataset d
+             JOIN {ns}.dataset_type dt ON dt.id = d.dataset_type_id
+             JOIN {ns}.collection c ON c.collection_id = d.run_id
+             LEFT JOIN tags ON tags.dataset_id = d.id AND tags.collection_id = d.run_id
+             LEFT JOIN {ns}.visit v
+                    ON v.instrument = tags.data_id ->> 'instrument' AND v.id = (tags.data_id ->> 'visit')::bigint
+             LEFT JOIN {ns}.exposure e
+                    ON e.instrument = tags.data_id ->> 'instrument' AND e.id = (tags.data_id ->> 'exposure')::bigint
+             WHERE d.id = ANY($1)"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .context("looking a batch's datasets up in the registry")?;
+        rows.into_iter()
+            .map(|row| {
+                let data_id: serde_json::Value = row.try_get("data_id")?;
+                Ok(RegistryDataset {
+                    id: row.try_get("id")?,
+                    dataset_type: row.try_get("dataset_type")?,
+                    run: row.try_get("run")?,
+                    ingest_date_tai_ns: row.try_get("ingest_date")?,
+                    data_id: match data_id {
+                        serde_json::Value::Object(map) => map,
+                        _ => serde_json::Map::new(),
+                    },
+                    visit_end_tai_ns: row.try_get("visit_end")?,
+                    visit_day_obs: row.try_get("visit_day_obs")?,
+                    exposure_end_tai_ns: row.try_get("exposure_end")?,
+                    exposure_day_obs: row.try_get("exposure_day_obs")?,
+                    exposure_group: row.try_get("exposure_group")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("reading the registry's answer")
+    }
+}
+
+/// Why a database could not be opened at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Unavailable for now: wait and try again.
+    #[error("{0}")]
+    Retry(String),
+    /// Configuration, credentials, a missing schema: retrying cannot help.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl StartError {
+    /// Connection failures and server-side unavailability are retried; authentication, missing
+    /// databases and bad configuration are not.
+    pub fn classify(error: sqlx::Error, what: &str) -> Self {
+        let message = format!("{what}: {error}");
+        if is_transient(&error) {
+            Self::Retry(message)
+        } else {
+            Self::Fatal(message)
+        }
+    }
+}
+
+/// Whether a database error is worth waiting out: the server or the network is unavailable, or
+/// the transaction lost a race.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources; 57P0x: shutting down or
+            // cannot connect now; 40001/40P01: serialization failure, deadlock.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01"
+        }),
+        _ => false,
+    }
+}

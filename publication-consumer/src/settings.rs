@@ -1,0 +1,176 @@
+//! What the consumer runs with, validated. The command line ([`crate::cli`]) builds these from
+//! flags and environment variables; tests build them directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use butler_writer::service::KafkaSettings;
+use secrecy::SecretString;
+
+use crate::clock::Clock;
+
+/// The events topic the deployed writer produces to.
+pub const DEFAULT_TOPIC: &str = "butler-writer-ingestion-events";
+/// The consumer group: its own, so the consumer never shares offsets with another reader.
+pub const DEFAULT_GROUP_ID: &str = "publication-consumer";
+/// The Postgres schema of the consumer's state.
+pub const DEFAULT_SCHEMA: &str = "publication_consumer";
+/// Prompt Processing's embargo: 80 hours (`_EMBARGO_PERIOD_HOURS` of the Python PPS).
+pub const DEFAULT_EMBARGO_HOURS: f64 = 80.0;
+/// The only origin the Python PPS accepts.
+pub const DEFAULT_ORIGIN: &str = "prompt_processing";
+/// How long a batch file that is not there yet is waited for: the writer writes the file before
+/// it emits the event, but S3 listings and replicas can lag.
+pub const DEFAULT_BATCH_FILE_WAIT_SECONDS: f64 = 600.0;
+
+/// Capped exponential backoff with full jitter (the writer's, and its [`Backoff`]).
+///
+/// [`Backoff`]: butler_writer::service::pipeline::Backoff
+pub use butler_writer::service::settings::RetrySettings;
+
+/// Everything the consumer runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The registry's `butler.yaml` (or its directory), local or `s3://`: where the registry
+    /// database is and which schema holds it. Read-only queries only.
+    pub butler_repository: String,
+    /// How to reach the broker (shared with the writer: SCRAM-SHA-512, TLS).
+    pub kafka: KafkaSettings,
+    /// The topic of `batch-ingested` events.
+    pub topic: String,
+    /// The consumer group.
+    pub group_id: String,
+    /// The directory the writer writes batch files to (`OUTPUT_DATASET_LIST_DIRECTORY`); an
+    /// event's `batch_file` is relative to it unless it is itself an absolute path or URI.
+    pub batch_directory: String,
+    /// The state database URL (it may hold a password, hence secret); the registry's database
+    /// when `None`.
+    pub database_url: Option<SecretString>,
+    /// The Postgres schema of the consumer's state.
+    pub schema: String,
+    /// The db-auth file for database credentials.
+    pub db_auth: Option<PathBuf>,
+    /// Connections in each pool (state, registry).
+    pub db_max_connections: u32,
+    /// How long after the end of the observation a dataset stays embargoed.
+    pub embargo: Duration,
+    /// The event origins accepted; events of another origin are recorded as failed and skipped.
+    pub origins: Vec<String>,
+    /// How long a missing or unreadable batch file is retried before the event is recorded as
+    /// failed and skipped.
+    pub batch_file_wait: Duration,
+    /// Backoff for database, registry, storage and broker retries (which never give up, except
+    /// for a missing batch file).
+    pub retry: RetrySettings,
+    /// Address of the HTTP API and the operations endpoints.
+    pub http_address: SocketAddr,
+    /// How long a shutdown may take to finish the event in hand.
+    pub shutdown_grace: Duration,
+    /// "Now", for the embargo; tests move it.
+    pub clock: Clock,
+}
+
+impl Settings {
+    /// Settings with the defaults of `publication-consumer serve` for everything but the places.
+    pub fn new(
+        butler_repository: impl Into<String>,
+        kafka: KafkaSettings,
+        batch_directory: impl Into<String>,
+    ) -> Self {
+        Self {
+            butler_repository: butler_repository.into(),
+            kafka,
+            topic: DEFAULT_TOPIC.to_owned(),
+            group_id: DEFAULT_GROUP_ID.to_owned(),
+            batch_directory: batch_directory.into(),
+            database_url: None,
+            schema: DEFAULT_SCHEMA.to_owned(),
+            db_auth: butler_writer::db_auth::default_auth_file(),
+            db_max_connections: 4,
+            embargo: hours(DEFAULT_EMBARGO_HOURS).unwrap_or(Duration::from_secs(80 * 3600)),
+            origins: vec![DEFAULT_ORIGIN.to_owned()],
+            batch_file_wait: Duration::from_secs_f64(DEFAULT_BATCH_FILE_WAIT_SECONDS),
+            retry: RetrySettings {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(30),
+            },
+            http_address: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            shutdown_grace: Duration::from_secs(10),
+            clock: Clock::system(),
+        }
+    }
+
+    /// Checks what can be checked without the network; the message names what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
+        if self.topic.is_empty() {
+            return Err("KAFKA_TOPIC is empty".to_owned());
+        }
+        if self.group_id.is_empty() {
+            return Err("KAFKA_GROUP_ID is empty".to_owned());
+        }
+        if !is_identifier(&self.schema) {
+            return Err(format!(
+                "PUBLICATION_SCHEMA {:?} is not a plain Postgres identifier (lowercase letters, digits, _)",
+                self.schema
+            ));
+        }
+        if self.origins.is_empty() || self.origins.iter().any(String::is_empty) {
+            return Err("PUBLICATION_ORIGINS needs at least one non-empty origin".to_owned());
+        }
+        if self.retry.initial.is_zero() || self.retry.initial > self.retry.max {
+            return Err("the retry backoff needs 0 < initial <= max".to_owned());
+        }
+        if self.db_max_connections < 2 {
+            return Err("PUBLICATION_DB_MAX_CONNECTIONS must be at least 2".to_owned());
+        }
+        resources::ResourcePath::parse(&self.batch_directory).map_err(|e| {
+            format!(
+                "OUTPUT_DATASET_LIST_DIRECTORY {} is not a usable location: {e}",
+                self.batch_directory
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// A number of hours as a duration, refusing negative and non-finite values.
+pub fn hours(value: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(value * 3600.0).ok()
+}
+
+/// A schema name we can interpolate into SQL without quoting surprises.
+pub fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(is_identifier("publication_consumer"));
+        assert!(is_identifier("_x1"));
+        assert!(!is_identifier("1x"));
+        assert!(!is_identifier("Public"));
+        assert!(!is_identifier("a;drop"));
+        assert!(!is_identifier(""));
+    }
+
+    #[test]
+    fn hours_refuse_negative() {
+        assert_eq!(hours(80.0), Some(Duration::from_secs(288_000)));
+        assert_eq!(hours(-1.0), None);
+        assert_eq!(hours(f64::NAN), None);
+    }
+}

@@ -1,0 +1,536 @@
+//! The consumer's own state in Postgres: its schema and migrations, one transaction per event,
+//! and the queries the HTTP API answers from.
+//!
+//! Every connection's `search_path` is the state schema alone, so the migrations and queries name
+//! no schema and `PUBLICATION_SCHEMA` can move the whole state. Every insert is `ON CONFLICT DO
+//! NOTHING`: replaying an event, or receiving it twice, changes nothing.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
+use uuid::Uuid;
+
+use crate::model::BatchRecords;
+use crate::registry::{StartError, ident};
+
+/// The migrations, in order; embedded so the binary carries its schema.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "state", include_str!("../migrations/0001_state.sql"))];
+
+/// Where an event sits in its topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPlace {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// The event a batch's records came from.
+#[derive(Debug, Clone)]
+pub struct BatchInfo<'a> {
+    /// The batch id.
+    pub batch_id: Uuid,
+    /// The event's origin.
+    pub origin: &'a str,
+    /// The event's batch file.
+    pub batch_file: &'a str,
+    /// Where the event is.
+    pub place: &'a EventPlace,
+}
+
+/// What recording a batch changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recorded {
+    /// False when the batch had been recorded before (a replay or a duplicate event).
+    pub new_batch: bool,
+    /// Dataset rows added.
+    pub datasets: u64,
+    /// Unknown-dataset rows added.
+    pub unknown: u64,
+}
+
+/// A failed event to record.
+#[derive(Debug, Clone)]
+pub struct FailedEvent<'a> {
+    /// Where it is.
+    pub place: &'a EventPlace,
+    /// Why it failed, as a metric label (`malformed`, `unknown_type`, ...).
+    pub reason: &'a str,
+    /// The error, for people.
+    pub detail: &'a str,
+    /// Its batch id, when it could be read.
+    pub batch_id: Option<Uuid>,
+    /// Its batch file, when it could be read.
+    pub batch_file: Option<&'a str>,
+    /// The payload as text (lossy), capped.
+    pub payload: Option<String>,
+}
+
+/// The `GET /api/v1/counts` body. The keys are a contract: the main job reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Counts {
+    /// Datasets recorded.
+    pub datasets: i64,
+    /// Of those, still under embargo.
+    pub embargoed: i64,
+    /// Of those, past their embargo.
+    pub ready: i64,
+    /// Distinct dataset ids the registry did not know.
+    pub unknown: i64,
+    /// Events processed (distinct batches).
+    pub events: i64,
+    /// Events recorded as failed and skipped.
+    pub failed_events: i64,
+}
+
+/// A recorded dataset, as the API serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct DatasetView {
+    /// Dataset id.
+    pub id: Uuid,
+    /// Dataset type.
+    pub dataset_type: String,
+    /// RUN collection.
+    pub run: String,
+    /// Instrument.
+    pub instrument: Option<String>,
+    /// Detector.
+    pub detector: Option<i64>,
+    /// Visit.
+    pub visit: Option<i64>,
+    /// Exposure.
+    pub exposure: Option<i64>,
+    /// Group.
+    pub group: Option<String>,
+    /// day_obs.
+    pub day_obs: Option<i64>,
+    /// The required dimensions.
+    pub data_id: serde_json::Value,
+    /// The registry's ingest date (UTC).
+    pub ingest_date: DateTime<Utc>,
+    /// When the observation ended (UTC).
+    pub observation_end: DateTime<Utc>,
+    /// `exposure`, `visit` or `ingest_date`.
+    pub observation_end_source: String,
+    /// When the embargo ends.
+    pub release_at: DateTime<Utc>,
+    /// `embargoed` or `ready`, at the time asked.
+    pub status: String,
+    /// The batch it was first recorded from.
+    pub batch_id: Uuid,
+}
+
+/// A dataset query.
+#[derive(Debug, Clone, Default)]
+pub struct DatasetQuery {
+    /// Only datasets whose embargo ended by this time.
+    pub ready_at: Option<DateTime<Utc>>,
+    /// Only this visit.
+    pub visit: Option<i64>,
+    /// Only this instrument.
+    pub instrument: Option<String>,
+    /// Only this dataset type.
+    pub dataset_type: Option<String>,
+    /// Continue after this `(release_at, id)`.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// The state database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+    schema: String,
+}
+
+impl Store {
+    /// Connects with `search_path` set to `schema`, creates the schema if needed and runs the
+    /// migrations. Does not wait: the caller retries [`StartError::Retry`].
+    pub async fn open(
+        url: &str,
+        auth_file: Option<&Path>,
+        schema: &str,
+        max_connections: u32,
+    ) -> Result<Self, StartError> {
+        let options = butler_writer::db_auth::connect_options(url, auth_file)
+            .map_err(|e| StartError::Fatal(format!("PUBLICATION_DATABASE_URL: {e}")))?
+            .options([("search_path", schema)])
+            .application_name("publication-consumer");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| StartError::classify(e, "the state database"))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            ident(schema)
+        )))
+        .execute(&pool)
+        .await
+        .map_err(|e| StartError::classify(e, "creating the state schema"))?;
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        let mut migrator = Migrator::with_migrations(migrations);
+        // In the state schema, not wherever the server's default search_path points.
+        migrator.dangerous_set_table_name(format!("{}._sqlx_migrations", ident(schema)));
+        migrator.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(inner) => {
+                StartError::classify(inner, "migrating the state schema")
+            }
+            other => StartError::Fatal(format!("migrating the state schema: {other}")),
+        })?;
+        Ok(Self {
+            pool,
+            schema: schema.to_owned(),
+        })
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The pool (tests count rows through it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether batch `batch_id` has been recorded.
+    pub async fn has_batch(&self, batch_id: Uuid) -> anyhow::Result<bool> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batch WHERE batch_id = $1)")
+            .bind(batch_id)
+            .fetch_one(&self.pool)
+            .await
+            .context("looking for the batch in the state database")
+    }
+
+    /// Records a batch in one transaction: its groups, visits, exposures, datasets, unknown ids
+    /// and the batch row itself, all insert-if-not-exists.
+    pub async fn record_batch(
+        &self,
+        info: &BatchInfo<'_>,
+        records: &BatchRecords,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Recorded> {
+        let mut tx = self.pool.begin().await.context("beginning a transaction")?;
+        let new_batch = sqlx::query(
+            "INSERT INTO batch (batch_id, origin, batch_file, datasets, unknown_datasets, topic,
+                                kafka_partition, kafka_offset, processed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (batch_id) DO NOTHING",
+        )
+        .bind(info.batch_id)
+        .bind(info.origin)
+        .bind(info.batch_file)
+        .bind(i32::try_from(records.datasets.len()).unwrap_or(i32::MAX))
+        .bind(i32::try_from(records.unknown.len()).unwrap_or(i32::MAX))
+        .bind(&info.place.topic)
+        .bind(info.place.partition)
+        .bind(info.place.offset)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .context("recording the batch")?
+        .rows_affected()
+            == 1;
+
+        let (instruments, names): (Vec<&str>, Vec<&str>) = records
+            .groups
+            .iter()
+            .map(|(i, n)| (i.as_str(), n.as_str()))
+            .unzip();
+        sqlx::query(
+            r#"INSERT INTO "group" (instrument, name)
+               SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING"#,
+        )
+        .bind(instruments)
+        .bind(names)
+        .execute(&mut *tx)
+        .await
+        .context("recording groups")?;
+
+        let v = &records.visits;
+        sqlx::query(
+            "INSERT INTO visit (instrument, id, day_obs, observation_end)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::timestamptz[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(v.iter().map(|r| r.instrument.as_str()).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.day_obs).collect::<Vec<_>>())
+        .bind(v.iter().map(|r| r.observation_end).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .context("recording visits")?;
+
+        let e = &records.exposures;
+        sqlx::query(
+            r#"INSERT INTO exposure (instrument, id, day_obs, "group", observation_end)
+               SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[])
+               ON CONFLICT DO NOTHING"#,
+        )
+        .bind(e.iter().map(|r| r.instrument.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.day_obs).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.group.as_deref()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.observation_end).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .context("recording exposures")?;
+
+        let d = &records.datasets;
+        let datasets = sqlx::query(
+            r#"INSERT INTO dataset (id, dataset_type, run, instrument, detector, visit, exposure,
+                                    "group", day_obs, data_id, ingest_date, observation_end,
+                                    observation_end_source, release_at, batch_id, recorded_at)
+               SELECT x.*, $15, $16 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
+                   $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::int8[], $10::jsonb[],
+                   $11::timestamptz[], $12::timestamptz[], $13::text[], $14::timestamptz[]) AS x
+               ON CONFLICT (id) DO NOTHING"#,
+        )
+        .bind(d.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(
+            d.iter()
+                .map(|r| r.dataset_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(d.iter().map(|r| r.run.as_str()).collect::<Vec<_>>())
+        .bind(
+            d.iter()
+                .map(|r| r.instrument.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(d.iter().map(|r| r.detector).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.visit).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.exposure).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.group.as_deref()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.day_obs).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.data_id.clone()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.ingest_date).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.observation_end).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.end_source.as_str()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.release_at).collect::<Vec<_>>())
+        .bind(info.batch_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .context("recording datasets")?
+        .rows_affected();
+
+        let unknown = sqlx::query(
+            "INSERT INTO unknown_dataset (dataset_id, batch_id, batch_file, topic, kafka_partition,
+                                          kafka_offset, recorded_at)
+             SELECT id, $2, $3, $4, $5, $6, $7 FROM UNNEST($1::uuid[]) AS id
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&records.unknown)
+        .bind(info.batch_id)
+        .bind(info.batch_file)
+        .bind(&info.place.topic)
+        .bind(info.place.partition)
+        .bind(info.place.offset)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .context("recording unknown datasets")?
+        .rows_affected();
+
+        tx.commit().await.context("committing the batch")?;
+        Ok(Recorded {
+            new_batch,
+            datasets,
+            unknown,
+        })
+    }
+
+    /// Records an event that is skipped; false when it had been recorded before.
+    pub async fn record_failed(
+        &self,
+        failed: &FailedEvent<'_>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO failed_event (topic, kafka_partition, kafka_offset, reason, detail,
+                                       batch_id, batch_file, payload, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        )
+        .bind(&failed.place.topic)
+        .bind(failed.place.partition)
+        .bind(failed.place.offset)
+        .bind(failed.reason)
+        .bind(failed.detail)
+        .bind(failed.batch_id)
+        .bind(failed.batch_file)
+        .bind(failed.payload.as_deref())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .context("recording a failed event")?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// The counts of `GET /api/v1/counts` at time `at`.
+    pub async fn counts(&self, at: DateTime<Utc>) -> anyhow::Result<Counts> {
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM dataset) AS datasets,
+                    (SELECT count(*) FROM dataset WHERE release_at > $1) AS embargoed,
+                    (SELECT count(*) FROM dataset WHERE release_at <= $1) AS ready,
+                    (SELECT count(DISTINCT dataset_id) FROM unknown_dataset) AS unknown,
+                    (SELECT count(*) FROM batch) AS events,
+                    (SELECT count(*) FROM failed_event) AS failed_events",
+        )
+        .bind(at)
+        .fetch_one(&self.pool)
+        .await
+        .context("counting")?;
+        Ok(Counts {
+            datasets: row.try_get("datasets")?,
+            embargoed: row.try_get("embargoed")?,
+            ready: row.try_get("ready")?,
+            unknown: row.try_get("unknown")?,
+            events: row.try_get("events")?,
+            failed_events: row.try_get("failed_events")?,
+        })
+    }
+
+    /// Datasets matching `query`, ordered by `(release_at, id)`; statuses as of `at`.
+    pub async fn datasets(
+        &self,
+        query: &DatasetQuery,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<DatasetView>> {
+        let rows = sqlx::query(
+            r#"SELECT id, dataset_type, run, instrument, detector, visit, exposure, "group", day_obs,
+                      data_id, ingest_date, observation_end, observation_end_source, release_at,
+                      batch_id
+               FROM dataset
+               WHERE ($1::timestamptz IS NULL OR release_at <= $1)
+                 AND ($2::int8 IS NULL OR visit = $2)
+                 AND ($3::text IS NULL OR instrument = $3)
+                 AND ($4::text IS NULL OR dataset_type = $4)
+                 AND ($5::timestamptz IS NULL OR (release_at, id) > ($5, $6::uuid))
+               ORDER BY release_at, id
+               LIMIT $7"#,
+        )
+        .bind(query.ready_at)
+        .bind(query.visit)
+        .bind(query.instrument.as_deref())
+        .bind(query.dataset_type.as_deref())
+        .bind(query.after.map(|(t, _)| t))
+        .bind(query.after.map(|(_, id)| id))
+        .bind(query.limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing datasets")?;
+        rows.into_iter()
+            .map(|row| view(&row, at))
+            .collect::<Result<_, _>>()
+            .context("reading datasets")
+    }
+
+    /// One dataset, if recorded.
+    pub async fn dataset(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<Option<DatasetView>> {
+        let row = sqlx::query(
+            r#"SELECT id, dataset_type, run, instrument, detector, visit, exposure, "group", day_obs,
+                      data_id, ingest_date, observation_end, observation_end_source, release_at,
+                      batch_id
+               FROM dataset WHERE id = $1"#,
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading a dataset")?;
+        row.map(|row| view(&row, at))
+            .transpose()
+            .context("reading a dataset")
+    }
+
+    /// Failed events, oldest first, after `(topic, partition, offset)` ordering by recorded time.
+    pub async fn failed_events(&self, limit: i64) -> anyhow::Result<Vec<serde_json::Value>> {
+        let rows = sqlx::query(
+            "SELECT topic, kafka_partition, kafka_offset, reason, detail, batch_id, batch_file,
+                    recorded_at
+             FROM failed_event ORDER BY recorded_at, topic, kafka_partition, kafka_offset LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing failed events")?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(serde_json::json!({
+                    "topic": row.try_get::<String, _>("topic")?,
+                    "partition": row.try_get::<i32, _>("kafka_partition")?,
+                    "offset": row.try_get::<i64, _>("kafka_offset")?,
+                    "reason": row.try_get::<String, _>("reason")?,
+                    "detail": row.try_get::<String, _>("detail")?,
+                    "batch_id": row.try_get::<Option<Uuid>, _>("batch_id")?,
+                    "batch_file": row.try_get::<Option<String>, _>("batch_file")?,
+                    "recorded_at": row.try_get::<DateTime<Utc>, _>("recorded_at")?,
+                }))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("reading failed events")
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+}
+
+fn view(row: &sqlx::postgres::PgRow, at: DateTime<Utc>) -> Result<DatasetView, sqlx::Error> {
+    let release_at: DateTime<Utc> = row.try_get("release_at")?;
+    Ok(DatasetView {
+        id: row.try_get("id")?,
+        dataset_type: row.try_get("dataset_type")?,
+        run: row.try_get("run")?,
+        instrument: row.try_get("instrument")?,
+        detector: row.try_get("detector")?,
+        visit: row.try_get("visit")?,
+        exposure: row.try_get("exposure")?,
+        group: row.try_get("group")?,
+        day_obs: row.try_get("day_obs")?,
+        data_id: row.try_get("data_id")?,
+        ingest_date: row.try_get("ingest_date")?,
+        observation_end: row.try_get("observation_end")?,
+        observation_end_source: row.try_get("observation_end_source")?,
+        release_at,
+        status: if release_at <= at {
+            "ready"
+        } else {
+            "embargoed"
+        }
+        .to_owned(),
+        batch_id: row.try_get("batch_id")?,
+    })
+}
