@@ -1,0 +1,446 @@
+//! The consumer on the real broker and Postgres: events from a real writer, replays, duplicates,
+//! late and missing batch files, unknown datasets, bad events, and the API as the clock passes
+//! the embargo.
+
+// Test code: a failed expectation is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use common::{
+    EMBARGO_HOURS, announce, counts, fixture, get_json, http_get, ingest, observation_end, produce,
+    rows, settings, start, stop, wait_for_counts, write_batch_file,
+};
+use publication_consumer::Clock;
+use schema::DatasetBatch;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn events_from_a_real_writer_are_recorded_with_their_visit_type_run_and_release_time() {
+    let f = fixture(1).await;
+    // The writer, in-process, turns pp-output messages into registry rows, batch files and events.
+    let factory = common::messages::MessageFactory::load();
+    let mut messages = factory.batch(7_000_100, 60);
+    messages.extend(factory.batch(7_000_101, 30));
+    let lines = common::messages::to_lines(&messages);
+    let expected = common::writer::ids_of(&lines);
+    assert_eq!(expected.len(), 90);
+    let writer = common::writer::start(common::writer::env_settings(
+        &f.env,
+        &f.registry,
+        &f.topics,
+        f.dir.path(),
+    ))
+    .await;
+    produce(f.env.kafka_bootstrap(), &f.topics.input, &lines, None).await;
+    let emitted =
+        common::writer::wait_for_datasets(&f.env, &f.topics.events, f.dir.path(), &expected, WAIT)
+            .await;
+    writer.shutdown();
+    writer.wait().await.expect("the writer stops");
+
+    // The consumer keeps its state in a database of its own on the same server.
+    let state_db = test_support::unique_name("pps_state");
+    let mut admin = PgConnection::connect(f.env.database_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {state_db}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut s = settings(&f);
+    s.database_url = Some(f.env.database_url_for(&state_db).into());
+    let consumer = start(s).await;
+    let address = consumer.http_address();
+    let done = wait_for_counts(address, WAIT, |c| c.datasets == 90).await;
+    assert_eq!(done.unknown, 0);
+    assert_eq!(done.failed_events, 0);
+    assert_eq!(done.events, i64::try_from(emitted.events.len()).unwrap());
+
+    // Every dataset as the registry has it: type, run, visit or exposure, detector.
+    let mut registry = PgConnection::connect(&f.registry.database_url)
+        .await
+        .unwrap();
+    let truth: Vec<(Uuid, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT d.id, t.name, c.name FROM {ns}.dataset d JOIN {ns}.dataset_type t ON t.id = d.dataset_type_id
+         JOIN {ns}.collection c ON c.collection_id = d.run_id",
+        ns = f.registry.namespace
+    )))
+    .fetch_all(&mut registry)
+    .await
+    .unwrap();
+    assert_eq!(truth.len(), 90);
+    let release = observation_end() + TimeDelta::hours(EMBARGO_HOURS);
+    for (id, dataset_type, run) in &truth {
+        let (status, d) = get_json(address, &format!("/api/v1/datasets/{id}")).await;
+        assert_eq!(status, 200, "{d}");
+        assert_eq!(d["dataset_type"], dataset_type.as_str());
+        assert_eq!(d["run"], run.as_str());
+        assert_eq!(d["instrument"], "LSSTCam");
+        assert!(d["detector"].is_i64());
+        let source = if dataset_type == "isr_statistics" {
+            assert!(d["visit"].is_null());
+            assert!(d["exposure"].is_i64());
+            assert!(d["group"].is_string(), "the exposure's group: {d}");
+            "exposure"
+        } else {
+            assert!(d["exposure"].is_null());
+            assert!([7_000_100, 7_000_101].contains(&d["visit"].as_i64().unwrap()));
+            "visit"
+        };
+        assert_eq!(d["observation_end_source"], source);
+        assert_eq!(d["day_obs"], 20260501);
+        let release_at: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(d["release_at"].clone()).unwrap();
+        assert_eq!(release_at, release, "{id}");
+        assert_eq!(d["status"], "embargoed");
+    }
+    // Visits, exposures and groups, once each, as the Python PPS records them.
+    assert_eq!(rows(&consumer, "visit").await, 2);
+    assert_eq!(rows(&consumer, "exposure").await, 2);
+    assert_eq!(rows(&consumer, r#""group""#).await, 2);
+    // The lag gauge and the counters say the same.
+    let (_, text) = http_get(address, "/metrics").await;
+    assert_eq!(
+        common::metric(&text, "publication_consumer_datasets_recorded_total"),
+        Some(90.0),
+        "{text}"
+    );
+    stop(consumer).await;
+}
+
+#[tokio::test]
+async fn a_replay_by_a_new_group_and_duplicate_events_change_nothing() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_000_200, 4, 30).await;
+    let events = announce(&f, &batches).await;
+    // The same events again, as a writer re-sending after a crash would.
+    produce(f.env.kafka_bootstrap(), &f.topics.events, &events, Some(0)).await;
+
+    let s = settings(&f);
+    let schema = s.schema.clone();
+    let first = start(s).await;
+    let after_first = wait_for_counts(first.http_address(), WAIT, |c| c.datasets == 120).await;
+    // Eight events, four batches: the duplicates were seen and skipped.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = http_get(first.http_address(), "/metrics").await;
+        if common::metric(&text, "publication_consumer_events_duplicate_total") == Some(4.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(after_first.events, 4);
+    let tables = [
+        "dataset",
+        "visit",
+        "exposure",
+        r#""group""#,
+        "batch",
+        "unknown_dataset",
+        "failed_event",
+    ];
+    let mut before = Vec::new();
+    for t in tables {
+        before.push(rows(&first, t).await);
+    }
+    stop(first).await;
+
+    // A second consumer group reads the topic from the beginning into the same state.
+    let mut s = settings(&f);
+    s.schema = schema;
+    let replay = start(s).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = http_get(replay.http_address(), "/metrics").await;
+        if common::metric(&text, "publication_consumer_events_duplicate_total") == Some(8.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut after = Vec::new();
+    for t in tables {
+        after.push(rows(&replay, t).await);
+    }
+    assert_eq!(before, after);
+    assert_eq!(counts(replay.http_address()).await, after_first);
+    stop(replay).await;
+}
+
+#[tokio::test]
+async fn a_late_batch_file_is_recorded_once_it_appears() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_000_300, 1, 20).await;
+    let batch = &batches[0];
+    let name = common::batch_file_name(batch.batch_id);
+    produce(
+        f.env.kafka_bootstrap(),
+        &f.topics.events,
+        &[common::event(batch.batch_id, &name)],
+        Some(0),
+    )
+    .await;
+    let consumer = start(settings(&f)).await;
+    let address = consumer.http_address();
+    // The consumer waits for the file...
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = http_get(address, "/metrics").await;
+        if common::metric(
+            &text,
+            "publication_consumer_retries_total{stage=\"batch_file\"}",
+        )
+        .is_some_and(|n| n >= 2.0)
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counts(address).await.datasets, 0);
+    // ...which appears a few seconds late.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::write(f.dir.path().join(&name), batch.to_json()).unwrap();
+    let done = wait_for_counts(address, WAIT, |c| c.datasets == 20).await;
+    assert_eq!((done.events, done.failed_events), (1, 0));
+    stop(consumer).await;
+}
+
+#[tokio::test]
+async fn a_batch_file_that_never_appears_is_recorded_as_failed_and_the_consumer_moves_on() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_000_400, 1, 10).await;
+    let missing = Uuid::new_v4();
+    produce(
+        f.env.kafka_bootstrap(),
+        &f.topics.events,
+        &[common::event(missing, &common::batch_file_name(missing))],
+        Some(0),
+    )
+    .await;
+    announce(&f, &batches).await;
+    let mut s = settings(&f);
+    s.batch_file_wait = Duration::from_secs(2);
+    let consumer = start(s).await;
+    let done = wait_for_counts(consumer.http_address(), WAIT, |c| c.datasets == 10).await;
+    assert_eq!((done.events, done.failed_events), (1, 1));
+    let (_, failed) = get_json(consumer.http_address(), "/api/v1/failed-events").await;
+    let failed = failed["failed_events"].as_array().unwrap();
+    assert_eq!(failed[0]["reason"], "batch_file_missing");
+    assert_eq!(failed[0]["batch_id"], missing.to_string());
+    stop(consumer).await;
+}
+
+#[tokio::test]
+async fn dataset_ids_the_registry_does_not_know_are_recorded_as_unknown() {
+    let f = fixture(1).await;
+    let mut batches = ingest(&f, 7_000_500, 1, 12).await;
+    let strangers: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    batches[0].datasets.extend(&strangers);
+    announce(&f, &batches).await;
+    let consumer = start(settings(&f)).await;
+    let done = wait_for_counts(consumer.http_address(), WAIT, |c| c.events == 1).await;
+    assert_eq!((done.datasets, done.unknown), (12, 5));
+    let recorded: BTreeSet<Uuid> =
+        sqlx::query_scalar("SELECT dataset_id FROM unknown_dataset WHERE batch_id = $1")
+            .bind(batches[0].batch_id)
+            .fetch_all(consumer.store().pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(recorded, strangers.iter().copied().collect());
+    let (_, text) = http_get(consumer.http_address(), "/metrics").await;
+    assert_eq!(
+        common::metric(&text, "publication_consumer_unknown_datasets_total"),
+        Some(5.0)
+    );
+    stop(consumer).await;
+}
+
+#[tokio::test]
+async fn malformed_events_and_unknown_types_are_recorded_and_skipped() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_000_600, 1, 9).await;
+    let bad: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        br#"{"type":"day-end","instrument":"LSSTCam","day_obs":20260501}"#.to_vec(),
+        br#"{"type":"batch-ingested","batch_id":"5f0c1d7e-3b2a-4c51-9a8e-0d1f2e3a4b5c","origin":"somewhere_else","batch_file":"x.json"}"#.to_vec(),
+    ];
+    produce(f.env.kafka_bootstrap(), &f.topics.events, &bad, Some(0)).await;
+    // A batch file that is not one.
+    let not_a_batch = Uuid::new_v4();
+    let name = common::batch_file_name(not_a_batch);
+    std::fs::write(f.dir.path().join(&name), b"[1, 2, 3]").unwrap();
+    produce(
+        f.env.kafka_bootstrap(),
+        &f.topics.events,
+        &[common::event(not_a_batch, &name)],
+        Some(0),
+    )
+    .await;
+    announce(&f, &batches).await;
+    let consumer = start(settings(&f)).await;
+    let address = consumer.http_address();
+    let done = wait_for_counts(address, WAIT, |c| c.datasets == 9).await;
+    assert_eq!((done.events, done.failed_events), (1, 4));
+    let (_, failed) = get_json(address, "/api/v1/failed-events").await;
+    let mut reasons: Vec<String> = failed["failed_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_owned())
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "batch_file_invalid",
+            "malformed",
+            "unknown_origin",
+            "unknown_type"
+        ]
+    );
+    let (_, text) = http_get(address, "/metrics").await;
+    assert_eq!(
+        common::metric(
+            &text,
+            "publication_consumer_events_failed_total{reason=\"malformed\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(consumer.health().readiness().ready);
+    stop(consumer).await;
+}
+
+#[tokio::test]
+async fn the_api_follows_the_clock_past_the_embargo() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_000_700, 2, 30).await;
+    announce(&f, &batches).await;
+    let mut s = settings(&f);
+    let clock = Clock::manual(observation_end());
+    s.clock = clock.clone();
+    let consumer = start(s).await;
+    let address = consumer.http_address();
+    let before = wait_for_counts(address, WAIT, |c| c.datasets == 60).await;
+    assert_eq!((before.embargoed, before.ready), (60, 0));
+    let (_, page) = get_json(address, "/api/v1/datasets/ready").await;
+    assert_eq!(page["datasets"].as_array().unwrap().len(), 0);
+
+    // A second before the embargo ends, nothing; at its end, everything.
+    clock.advance(TimeDelta::hours(EMBARGO_HOURS) - TimeDelta::seconds(1));
+    assert_eq!(counts(address).await.ready, 0);
+    clock.advance(TimeDelta::seconds(1));
+    let after = counts(address).await;
+    assert_eq!((after.embargoed, after.ready), (0, 60));
+
+    // Paging through the ready datasets visits each once.
+    let mut seen = BTreeSet::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let (status, page) = get_json(
+            address,
+            &format!("/api/v1/datasets/ready?limit=25&cursor={cursor}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        for d in page["datasets"].as_array().unwrap() {
+            assert_eq!(d["status"], "ready");
+            assert!(seen.insert(d["id"].as_str().unwrap().to_owned()));
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!((seen.len(), pages), (60, 3));
+    let all: BTreeSet<String> = batches
+        .iter()
+        .flat_map(|b| b.datasets.iter().map(Uuid::to_string))
+        .collect();
+    assert_eq!(seen, all);
+
+    // Filters: by visit (of the data ID: isr_statistics has an exposure instead), by dataset
+    // type, and the visit's own listing.
+    let (_, by_visit) = get_json(address, "/api/v1/datasets/ready?visit=7000700&limit=1000").await;
+    assert_eq!(by_visit["datasets"].as_array().unwrap().len(), 20);
+    let (_, by_type) = get_json(
+        address,
+        "/api/v1/datasets/ready?dataset_type=isr_statistics&limit=1000",
+    )
+    .await;
+    let by_type = by_type["datasets"].as_array().unwrap();
+    assert_eq!(by_type.len(), 20);
+    assert!(
+        by_type
+            .iter()
+            .all(|d| d["dataset_type"] == "isr_statistics")
+    );
+    // isr_statistics has no visit in its data ID: the visit listing holds the other two types.
+    let (_, visit) = get_json(address, "/api/v1/visits/7000701/datasets?limit=1000").await;
+    assert_eq!(visit["datasets"].as_array().unwrap().len(), 20);
+    // Bad parameters are refused with a reason.
+    let (status, error) = get_json(address, "/api/v1/datasets/ready?limit=0").await;
+    assert_eq!(status, 400);
+    assert!(error["error"].as_str().unwrap().contains("limit"));
+    let (status, _) = get_json(address, "/api/v1/datasets/ready?cursor=zzz").await;
+    assert_eq!(status, 400);
+    let (status, _) = get_json(address, &format!("/api/v1/datasets/{}", Uuid::new_v4())).await;
+    assert_eq!(status, 404);
+    stop(consumer).await;
+}
+
+#[tokio::test]
+async fn every_documented_route_answers_on_the_running_service() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_000_800, 1, 3).await;
+    announce(&f, &batches).await;
+    let consumer = start(settings(&f)).await;
+    let address = consumer.http_address();
+    wait_for_counts(address, WAIT, |c| c.datasets == 3).await;
+    let (_, document) = get_json(address, "/openapi.json").await;
+    let paths = document["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), publication_consumer::http::ROUTES.len());
+    for path in paths.keys() {
+        let concrete = path
+            .replace("{id}", &batches[0].datasets[0].to_string())
+            .replace("{visit}", "7000800");
+        let (status, body) = http_get(address, &concrete).await;
+        assert_eq!(status, 200, "GET {concrete}: {body}");
+    }
+    let (_, root) = get_json(address, "/").await;
+    assert_eq!(root["name"], "publication-consumer");
+    stop(consumer).await;
+}
+
+#[tokio::test]
+async fn an_empty_batch_is_recorded_as_an_event_without_datasets() {
+    let f = fixture(1).await;
+    let empty = DatasetBatch {
+        batch_id: Uuid::new_v4(),
+        datasets: Vec::new(),
+    };
+    let name = write_batch_file(f.dir.path(), &empty);
+    produce(
+        f.env.kafka_bootstrap(),
+        &f.topics.events,
+        &[common::event(empty.batch_id, &name)],
+        Some(0),
+    )
+    .await;
+    let consumer = start(settings(&f)).await;
+    let done = wait_for_counts(consumer.http_address(), WAIT, |c| c.events == 1).await;
+    assert_eq!((done.datasets, done.unknown, done.failed_events), (0, 0, 0));
+    stop(consumer).await;
+}
