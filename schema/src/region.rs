@@ -105,6 +105,11 @@ impl UnitVector3d {
         check_unit(x, y, z, 0).ok()
     }
 
+    /// The components `[x, y, z]`.
+    pub fn components(&self) -> [f64; 3] {
+        [self.x, self.y, self.z]
+    }
+
     /// The unit vector pointing along `(x, y, z)`, scaled exactly as sphgeom's
     /// `UnitVector3d(x, y, z)` constructor scales it (bit for bit); `None` for the zero vector or a
     /// non-finite component.
