@@ -162,11 +162,13 @@ pub struct ServeArgs {
     pub db_auth: Option<PathBuf>,
 }
 
-fn parse_secret(text: &str) -> Result<SecretString, String> {
+/// A secret from the command line or the environment (clap value parser).
+pub fn parse_secret(text: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(text.to_owned()))
 }
 
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
+/// `key=value` (clap value parser for `--kafka-option`).
+pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .filter(|(k, _)| !k.trim().is_empty())
         .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
@@ -181,31 +183,17 @@ fn seconds(value: f64, name: &str) -> Result<Duration, String> {
 impl ServeArgs {
     /// Validated settings, or one line saying what to change.
     pub fn into_settings(self) -> Result<Settings, String> {
-        let credentials = match (self.kafka_username, self.kafka_password) {
-            (Some(user), Some(password)) => Some((user, password)),
-            (None, None) => None,
-            _ => {
-                return Err(
-                    "KAFKA_USERNAME and KAFKA_PASSWORD go together: set both or neither".to_owned(),
-                );
-            }
-        };
-        let tls = self.kafka_ca_file.is_some();
-        let security_protocol =
-            self.kafka_security_protocol
-                .unwrap_or(match (credentials.is_some(), tls) {
-                    (true, false) => SecurityProtocol::SaslPlaintext,
-                    (true, true) => SecurityProtocol::SaslSsl,
-                    (false, false) => SecurityProtocol::Plaintext,
-                    (false, true) => SecurityProtocol::Ssl,
-                });
+        let kafka = KafkaSettings::from_parts(
+            self.kafka_cluster,
+            self.kafka_username,
+            self.kafka_password,
+            self.kafka_security_protocol,
+            self.kafka_ca_file,
+        )?;
         let kafka = KafkaSettings {
-            bootstrap_servers: self.kafka_cluster,
-            credentials,
-            security_protocol,
-            ca_file: self.kafka_ca_file,
             debug: self.kafka_debug == "1",
             extra: self.kafka_options,
+            ..kafka
         };
         let mut open_options = OpenOptions {
             max_connections: self.db_max_connections,

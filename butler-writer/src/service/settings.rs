@@ -85,6 +85,45 @@ impl KafkaSettings {
         }
     }
 
+    /// Settings from what a command line gives: user and password go together; without an
+    /// explicit protocol, credentials mean SCRAM-SHA-512 (`sasl_plaintext`, or `sasl_ssl` with a
+    /// CA file) and none mean `plaintext` (`ssl` with a CA file). Checked with
+    /// [`validate`](Self::validate); the error is one line.
+    pub fn from_parts(
+        bootstrap_servers: String,
+        username: Option<String>,
+        password: Option<SecretString>,
+        security_protocol: Option<SecurityProtocol>,
+        ca_file: Option<PathBuf>,
+    ) -> Result<Self, String> {
+        let credentials = match (username, password) {
+            (Some(user), Some(password)) => Some((user, password)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "KAFKA_USERNAME and KAFKA_PASSWORD go together: set both or neither".to_owned(),
+                );
+            }
+        };
+        let security_protocol =
+            security_protocol.unwrap_or(match (credentials.is_some(), ca_file.is_some()) {
+                (true, false) => SecurityProtocol::SaslPlaintext,
+                (true, true) => SecurityProtocol::SaslSsl,
+                (false, false) => SecurityProtocol::Plaintext,
+                (false, true) => SecurityProtocol::Ssl,
+            });
+        let settings = Self {
+            bootstrap_servers,
+            credentials,
+            security_protocol,
+            ca_file,
+            debug: false,
+            extra: Vec::new(),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
     /// A client's configuration: the connection and authentication every client shares, then
     /// the client's own `properties`, then [`extra`](Self::extra), which wins over both.
     pub fn client_config(&self, properties: &[(&str, &str)]) -> ClientConfig {
