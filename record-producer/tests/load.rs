@@ -1,0 +1,143 @@
+//! The record producer against a real writer, broker and registry: every dataset accounted for,
+//! faults injected and recognised, and a lost writer noticed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use butler_writer::service::KafkaSettings;
+use common::service::{Fixture, env_settings, fixture, registry_datasets, start};
+use record_producer::messages::DatasetTypeSpec;
+use record_producer::schedule::{NightPlan, Processing};
+use record_producer::{Faults, LoadSettings, Mode};
+
+fn load_settings(f: &Fixture, mode: Mode, visits: u32, detectors: u32) -> LoadSettings {
+    let mut plan = NightPlan::new(20260501, visits);
+    plan.seed = 11;
+    LoadSettings {
+        kafka: KafkaSettings::plaintext(f.env.kafka_bootstrap()),
+        topic: f.topics.input.clone(),
+        events_topic: f.topics.events.clone(),
+        dead_letter_topic: Some(f.topics.dead_letter.clone()),
+        output_directory: format!("{}/", f.dir.path().display()),
+        mode,
+        plan,
+        processing: Processing {
+            delay_s: 5.0,
+            spread_s: 5.0,
+        },
+        speed: 100.0,
+        detectors,
+        dataset_types: DatasetTypeSpec::defaults(),
+        run: None,
+        faults: Faults::default(),
+        datastore_root: None,
+        settle_timeout: Duration::from_secs(60),
+        create_topics: None,
+        progress: false,
+        publication_url: None,
+        plot: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_night_is_ingested_and_accounted_for() {
+    let f = fixture(2).await;
+    let writer = start(env_settings(&f.env, &f.registry, &f.topics, f.dir.path())).await;
+    let datastore = tempfile::tempdir().expect("datastore");
+    let plot = f.dir.path().join("night.svg");
+    let mut settings = load_settings(&f, Mode::Night, 3, 30);
+    settings.datastore_root = Some(format!("{}/", datastore.path().display()));
+    settings.plot = Some(plot.clone());
+    let report = record_producer::run(settings).await.expect("load test");
+    let o = &report.outcome;
+    assert!(o.is_complete(), "{}", report.table());
+    assert_eq!(o.messages_sent, 90);
+    assert_eq!(o.messages_delivered, 90);
+    assert_eq!(o.datasets_sent, 270);
+    assert_eq!(o.datasets_ingested, 270);
+    assert_eq!(o.datasets_missing, 0);
+    assert!(o.events >= 1);
+    assert!(report.latency.p50 > 0.0 && report.latency.p50 <= report.latency.max);
+    // What the producer counted is what the registry holds.
+    assert_eq!(registry_datasets(&f.registry).await.len(), 270);
+    // The files were written where the datasets say they are, before their messages.
+    let files = walk(datastore.path());
+    assert_eq!(files, 270);
+    let svg = std::fs::read_to_string(&plot).expect("plot");
+    assert!(svg.contains("latency"));
+    writer.shutdown();
+    writer.wait().await.expect("writer stops cleanly");
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .map(|p| if p.is_dir() { walk(&p) } else { 1 })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_are_recognised() {
+    let f = fixture(3).await;
+    let writer = start(env_settings(&f.env, &f.registry, &f.topics, f.dir.path())).await;
+    let mut settings = load_settings(&f, Mode::Burst, 2, 189);
+    settings.faults = Faults {
+        redeliver_per_mille: 50,
+        twin_per_mille: 50,
+        malformed_per_mille: 30,
+    };
+    let report = record_producer::run(settings).await.expect("load test");
+    let o = &report.outcome;
+    assert!(o.is_complete(), "{}", report.table());
+    assert!(
+        o.redeliveries > 5 && o.twins > 5 && o.malformed > 3,
+        "{o:?}"
+    );
+    assert_eq!(o.malformed_dead_lettered, o.malformed);
+    // One copy of each twin pair is in, the other rejected as a conflict.
+    assert_eq!(o.datasets_rejected_expected, 3 * o.twins);
+    assert_eq!(o.datasets_rejected_unexpected, 0);
+    assert_eq!(o.twin_pairs_both_ingested, 0);
+    assert_eq!(o.datasets_ingested, 3 * 2 * 189);
+    assert_eq!(
+        registry_datasets(&f.registry).await.len() as u64,
+        o.datasets_ingested
+    );
+    assert!(
+        o.dead_letter_reasons.len() >= 2,
+        "{:?}",
+        o.dead_letter_reasons
+    );
+    writer.shutdown();
+    writer.wait().await.expect("writer stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_writer_is_reported_not_hidden() {
+    let f = fixture(1).await;
+    // No writer: every delivered dataset must show up as missing, and the run fails.
+    let mut settings = load_settings(&f, Mode::Backlog, 1, 10);
+    settings.settle_timeout = Duration::from_secs(2);
+    let report = record_producer::run(settings).await.expect("load test");
+    let o = &report.outcome;
+    assert!(!o.is_complete());
+    assert_eq!(o.messages_delivered, 10);
+    assert_eq!(o.datasets_missing, 30);
+    assert!(report.table().contains("FAIL"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_does_not_exist_is_a_clear_error() {
+    let f = fixture(1).await;
+    let mut settings = load_settings(&f, Mode::Burst, 1, 1);
+    settings.events_topic = test_support::unique_name("missing");
+    let error = record_producer::run(settings)
+        .await
+        .expect_err("no events topic");
+    let text = format!("{error:#}");
+    assert!(text.contains("does not exist"), "{text}");
+}
