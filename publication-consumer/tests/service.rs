@@ -444,3 +444,55 @@ async fn an_empty_batch_is_recorded_as_an_event_without_datasets() {
     assert_eq!((done.datasets, done.unknown, done.failed_events), (0, 0, 0));
     stop(consumer).await;
 }
+
+#[tokio::test]
+async fn a_database_outage_is_waited_out_with_readiness_false_and_nothing_lost() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_001_000, 2, 15).await;
+    let (proxy, proxied) = f.registry.through_proxy().await.unwrap();
+    announce(&f, &batches[..1]).await;
+    let mut s = settings(&f);
+    // Registry and state both through the proxy: the state defaults to the registry's database.
+    s.butler_repository = proxied.display().to_string();
+    let consumer = start(s).await;
+    let address = consumer.http_address();
+    wait_for_counts(address, WAIT, |c| c.datasets == 15).await;
+
+    proxy.cut();
+    announce(&f, &batches[1..]).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = http_get(address, "/readyz").await;
+        if status == 503 && body.contains("\"database\":false") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Alive all the while: retrying, not crashing.
+    let (status, _) = http_get(address, "/healthz").await;
+    assert_eq!(status, 200);
+
+    proxy.restore();
+    let done = wait_for_counts(address, WAIT, |c| c.datasets == 30).await;
+    assert_eq!((done.events, done.failed_events), (2, 0));
+    let deadline = std::time::Instant::now() + WAIT;
+    while !consumer.health().readiness().ready {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            consumer.health().readiness()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, text) = http_get(address, "/metrics").await;
+    assert!(
+        common::metric(
+            &text,
+            "publication_consumer_retries_total{stage=\"database\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    stop(consumer).await;
+}

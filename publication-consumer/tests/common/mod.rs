@@ -3,7 +3,7 @@
 //! registry by the writer's engine, batch files and events made by hand, and the consumer
 //! started against them with a manual clock.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 #[path = "../../../butler-writer/tests/common/messages.rs"]
 pub mod messages;
