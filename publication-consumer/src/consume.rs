@@ -13,15 +13,18 @@
 //! Rebalance callbacks only do bookkeeping (readiness, lag). A revoked partition's event in hand
 //! is still stored; its commit may fail, and the next owner finds the batch recorded.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use butler_writer::service::consumer::is_fatal_code;
 use butler_writer::service::pipeline::Backoff;
 use chrono::Utc;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use resources::ResourcePath;
 use schema::{BatchIngestedEvent, DatasetBatch, DecodeError};
@@ -41,9 +44,38 @@ pub struct EventsContext {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     topic: String,
+    /// Set when Kafka refuses the credentials or permissions: no retry heals that.
+    fatal: Mutex<Option<String>>,
+}
+
+impl EventsContext {
+    /// Why the consumer must stop, if it must.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn set_fatal(&self, message: String) {
+        if let Ok(mut slot) = self.fatal.lock() {
+            slot.get_or_insert(message);
+        }
+    }
 }
 
 impl ClientContext for EventsContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        if code.is_some_and(is_fatal_code) {
+            error!(%error, reason, "Kafka refused the consumer's credentials or permissions");
+            self.set_fatal(format!("Kafka: {reason} ({error})"));
+        } else if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+            warn!(reason, "every broker is down");
+            self.health
+                .set_broker(false, Some(format!("Kafka: {reason}")));
+        } else {
+            warn!(%error, reason, "Kafka client error");
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
@@ -131,6 +163,7 @@ pub fn create_consumer(
             health: Arc::clone(health),
             metrics: Arc::clone(metrics),
             topic: settings.topic.clone(),
+            fatal: Mutex::new(None),
         })
         .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
     consumer
@@ -178,12 +211,18 @@ pub struct Processor {
 const PAYLOAD_CAP: usize = 4096;
 
 impl Processor {
-    /// Runs until a shutdown is requested, then commits what was stored.
-    pub async fn run(self, consumer: Arc<EventsConsumer>) {
+    /// Runs until a shutdown is requested, then commits what was stored; stops with the reason
+    /// when Kafka refuses the credentials or permissions.
+    pub async fn run(self, consumer: Arc<EventsConsumer>) -> Result<(), String> {
         let mut broker_backoff = Backoff::new(self.settings.retry);
+        let mut result = Ok(());
         loop {
             self.health.beat();
             if *self.stop.borrow() {
+                break;
+            }
+            if let Some(fatal) = consumer.context().fatal() {
+                result = Err(fatal);
                 break;
             }
             let mut stop = self.stop.clone();
@@ -194,6 +233,10 @@ impl Processor {
             let message = match received {
                 Err(_) => continue, // idle: beat and look at the stop flag again
                 Ok(Err(e)) => {
+                    if e.rdkafka_error_code().is_some_and(is_fatal_code) {
+                        result = Err(format!("Kafka: {e}"));
+                        break;
+                    }
                     let wait = broker_backoff.next_wait();
                     warn!(error = %e, wait_ms = wait.as_millis(), "cannot read events; waiting");
                     self.health.set_broker(false, Some(e.to_string()));
@@ -238,13 +281,11 @@ impl Processor {
         })
         .await;
         if let Ok(Err(e)) = flushed
-            && !matches!(
-                e.rdkafka_error_code(),
-                Some(rdkafka::types::RDKafkaErrorCode::NoOffset)
-            )
+            && !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
         {
             warn!(error = %e, "the final offset commit failed");
         }
+        result
     }
 
     /// Sleeps for `wait`, or less when a shutdown is requested.

@@ -241,22 +241,29 @@ async fn supervise(
     let stopped = async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
-    tokio::select! {
+    let result = tokio::select! {
         joined = &mut work => {
-            if let Err(e) = joined {
-                error!(error = %e, "the consume loop failed");
-            }
             http_task.abort();
+            match joined {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(fatal)) => Err(ServiceError::Fatal(fatal)),
+                Err(e) => Err(ServiceError::Fatal(format!("the consume loop failed: {e}"))),
+            }
         }
         () = stopped => {
             health.set_stopping();
             info!(grace_s = grace.as_secs_f64(), "stopping: finishing the event in hand");
-            if tokio::time::timeout(grace, &mut work).await.is_err() {
-                warn!("the shutdown grace period ran out; the event in hand will be seen again");
-                work.abort();
+            match tokio::time::timeout(grace, &mut work).await {
+                Ok(Ok(Err(fatal))) => Err(ServiceError::Fatal(fatal)),
+                Ok(_) => Ok(()),
+                Err(_) => {
+                    warn!("the shutdown grace period ran out; the event in hand will be seen again");
+                    work.abort();
+                    Ok(())
+                }
             }
         }
-    }
+    };
     // Leave the group before returning, off the runtime (closing blocks).
     let _ = tokio::task::spawn_blocking(move || {
         consumer.unsubscribe();
@@ -264,8 +271,11 @@ async fn supervise(
     })
     .await;
     let _ = http_task.await;
-    info!("publication-consumer stopped");
-    Ok(())
+    match &result {
+        Ok(()) => info!("publication-consumer stopped"),
+        Err(e) => error!(error = %e, "publication-consumer stopped on an error"),
+    }
+    result
 }
 
 /// Opens a database, waiting with backoff while it is unavailable.

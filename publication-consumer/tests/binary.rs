@@ -155,3 +155,74 @@ async fn the_binary_records_a_batch_and_stops_on_sigterm() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_binary_reads_batch_files_from_s3() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_001_200, 1, 9).await;
+    let s3 = test_support::s3::TestS3::start().await.expect("moto");
+    let directory = s3.uri(Some("embargo"), "publication/prompt_processing/");
+    let name = common::batch_file_name(batches[0].batch_id);
+    let resolver = resources::Resolver::from_vars(s3.profile_env("embargo"));
+    resources::ResourcePath::parse(&format!("{directory}{name}"))
+        .unwrap()
+        .write_with(&resolver, batches[0].to_json())
+        .await
+        .unwrap();
+    common::produce(
+        f.env.kafka_bootstrap(),
+        &f.topics.events,
+        &[common::event(batches[0].batch_id, &name)],
+        Some(0),
+    )
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("serve")
+        .env("BUTLER_REPOSITORY", &f.registry.butler_config)
+        .env("KAFKA_CLUSTER", f.env.kafka_bootstrap())
+        .env("KAFKA_TOPIC", &f.topics.events)
+        .env("KAFKA_GROUP_ID", test_support::unique_name("pps"))
+        .env("OUTPUT_DATASET_LIST_DIRECTORY", &directory)
+        .env("PUBLICATION_SCHEMA", test_support::unique_name("pps"))
+        .env("PUBLICATION_HTTP_ADDRESS", address.to_string())
+        .envs(s3.profile_env("embargo"))
+        .env_remove("PUBLICATION_DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(address).await.is_ok()
+            && common::counts(address).await.datasets == 9
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the batch file on S3 was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

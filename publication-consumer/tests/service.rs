@@ -104,13 +104,22 @@ async fn events_from_a_real_writer_are_recorded_with_their_visit_type_run_and_re
     assert_eq!(rows(&consumer, "visit").await, 2);
     assert_eq!(rows(&consumer, "exposure").await, 2);
     assert_eq!(rows(&consumer, r#""group""#).await, 2);
-    // The lag gauge and the counters say the same.
+    // The counters agree, and the lag gauge (librdkafka statistics, every 5 s) reaches zero.
     let (_, text) = http_get(address, "/metrics").await;
     assert_eq!(
         common::metric(&text, "publication_consumer_datasets_recorded_total"),
         Some(90.0),
         "{text}"
     );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = http_get(address, "/metrics").await;
+        if common::metric(&text, "publication_consumer_consumer_lag{") == Some(0.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     stop(consumer).await;
 }
 
@@ -495,4 +504,68 @@ async fn a_database_outage_is_waited_out_with_readiness_false_and_nothing_lost()
         "{text}"
     );
     stop(consumer).await;
+}
+
+#[tokio::test]
+async fn scram_credentials_are_used_and_a_wrong_password_stops_the_consumer() {
+    let f = fixture(1).await;
+    if f.env.broker_kind() != test_support::BrokerKind::Nisshi {
+        // The authenticating broker is a nisshi of the test's own, as in the writer's tests.
+        return;
+    }
+    let broker = test_support::sasl::SaslBroker::start("pps", "s3cret")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let topic = test_support::unique_name("events");
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        broker.client_config("pps", "s3cret").create().unwrap();
+    for result in admin
+        .create_topics(
+            [&rdkafka::admin::NewTopic::new(
+                &topic,
+                1,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let batches = ingest(&f, 7_001_100, 1, 6).await;
+    let name = write_batch_file(f.dir.path(), &batches[0]);
+    let producer: rdkafka::producer::FutureProducer =
+        broker.client_config("pps", "s3cret").create().unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<(), _>::to(&topic)
+                .payload(&common::event(batches[0].batch_id, &name)),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    let settings_with = |password: &str| {
+        let mut s = settings(&f);
+        s.topic = topic.clone();
+        s.kafka = butler_writer::service::KafkaSettings {
+            credentials: Some(("pps".to_owned(), password.to_owned().into())),
+            security_protocol: butler_writer::service::SecurityProtocol::SaslPlaintext,
+            ..butler_writer::service::KafkaSettings::plaintext(broker.bootstrap())
+        };
+        s
+    };
+    let consumer = start(settings_with("s3cret")).await;
+    wait_for_counts(consumer.http_address(), WAIT, |c| c.datasets == 6).await;
+    stop(consumer).await;
+
+    // A wrong password is a configuration error: the consumer stops, saying why.
+    let refused = start(settings_with("wrong")).await;
+    let error = tokio::time::timeout(WAIT, refused.wait())
+        .await
+        .expect("the consumer stops on refused credentials")
+        .expect_err("an error");
+    assert!(error.to_string().contains("Kafka"), "{error}");
 }
