@@ -498,7 +498,8 @@ impl Processor {
             .await;
         match stored {
             Some(_) => {
-                self.metrics.failed(skip.reason);
+                let retried = matches!(skip.reason, "batch_file_missing" | "batch_file_unreadable");
+                self.metrics.failed(skip.reason, retried);
                 Handled::Done
             }
             None => Handled::Interrupted,

@@ -18,7 +18,11 @@ pub struct Metrics {
     pub events_processed: Counter,
     /// Events whose batch had been recorded before (replays, duplicates).
     pub events_duplicate: Counter,
-    /// Events skipped and recorded in `failed_event`, by reason.
+    /// Events no retry can heal (malformed, unknown type or origin, a bad batch file), skipped
+    /// at once and recorded in `failed_event`, by reason.
+    pub events_skipped: Family<Labels, Counter>,
+    /// Events given up on after retrying (a batch file that never appeared or stayed
+    /// unreadable), recorded in `failed_event`, by reason.
     pub events_failed: Family<Labels, Counter>,
     /// Datasets added to the state.
     pub datasets_recorded: Counter,
@@ -51,6 +55,7 @@ impl Metrics {
         let metrics = Self {
             events_processed: Counter::default(),
             events_duplicate: Counter::default(),
+            events_skipped: Family::default(),
             events_failed: Family::default(),
             datasets_recorded: Counter::default(),
             unknown_datasets: Counter::default(),
@@ -73,8 +78,13 @@ impl Metrics {
             metrics.events_duplicate.clone(),
         );
         registry.register(
+            "events_skipped",
+            "Events no retry can heal, skipped at once and recorded as failed, by reason",
+            metrics.events_skipped.clone(),
+        );
+        registry.register(
             "events_failed",
-            "Events skipped and recorded as failed, by reason",
+            "Events given up on after retrying, recorded as failed, by reason",
             metrics.events_failed.clone(),
         );
         registry.register(
@@ -130,9 +140,15 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a failed event.
-    pub fn failed(&self, reason: &str) {
-        self.events_failed
+    /// Counts an event recorded as failed: given up on after retries when `retried`, skipped
+    /// at once otherwise.
+    pub fn failed(&self, reason: &str, retried: bool) {
+        let family = if retried {
+            &self.events_failed
+        } else {
+            &self.events_skipped
+        };
+        family
             .get_or_create(&vec![("reason", reason.to_owned())])
             .inc();
     }

@@ -133,6 +133,7 @@ async fn a_replay_by_a_new_group_and_duplicate_events_change_nothing() {
 
     let s = settings(&f);
     let schema = s.schema.clone();
+    let first_group = s.group_id.clone();
     let first = start(s).await;
     let after_first = wait_for_counts(first.http_address(), WAIT, |c| c.datasets == 120).await;
     // Eight events, four batches: the duplicates were seen and skipped.
@@ -146,6 +147,7 @@ async fn a_replay_by_a_new_group_and_duplicate_events_change_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(after_first.events, 4);
+    let group = first_group.clone();
     let tables = [
         "dataset",
         "visit",
@@ -160,6 +162,11 @@ async fn a_replay_by_a_new_group_and_duplicate_events_change_nothing() {
         before.push(rows(&first, t).await);
     }
     stop(first).await;
+    // Every offset was committed, after its state was stored.
+    assert_eq!(
+        common::writer::committed(f.env.kafka_bootstrap(), &group, &f.topics.events, 1),
+        [8]
+    );
 
     // A second consumer group reads the topic from the beginning into the same state.
     let mut s = settings(&f);
@@ -244,6 +251,15 @@ async fn a_batch_file_that_never_appears_is_recorded_as_failed_and_the_consumer_
     let failed = failed["failed_events"].as_array().unwrap();
     assert_eq!(failed[0]["reason"], "batch_file_missing");
     assert_eq!(failed[0]["batch_id"], missing.to_string());
+    let (_, text) = http_get(consumer.http_address(), "/metrics").await;
+    assert_eq!(
+        common::metric(
+            &text,
+            "publication_consumer_events_failed_total{reason=\"batch_file_missing\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
     stop(consumer).await;
 }
 
@@ -321,7 +337,7 @@ async fn malformed_events_and_unknown_types_are_recorded_and_skipped() {
     assert_eq!(
         common::metric(
             &text,
-            "publication_consumer_events_failed_total{reason=\"malformed\"}"
+            "publication_consumer_events_skipped_total{reason=\"malformed\"}"
         ),
         Some(1.0),
         "{text}"
