@@ -1,5 +1,5 @@
-//! `record-producer night|burst|backlog`: flags and environment variables, turned into
-//! [`LoadSettings`].
+//! `record-producer night|burst|backlog|create-topics`: flags and environment variables, turned
+//! into [`LoadSettings`].
 //!
 //! The broker settings are the workers' own (`BUTLER_WRITER_KAFKA_CLUSTER`,
 //! `BUTLER_WRITER_KAFKA_USERNAME`, `BUTLER_WRITER_KAFKA_PASSWORD`, `BUTLER_WRITER_KAFKA_TOPIC`,
@@ -12,7 +12,7 @@ use std::time::Duration;
 use butler_writer::service::cli::{parse_key_value, parse_secret};
 use butler_writer::service::settings::DEFAULT_DEAD_LETTER_TOPIC;
 use butler_writer::service::{KafkaSettings, SecurityProtocol};
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::load::{Faults, LoadSettings, Mode};
@@ -23,12 +23,28 @@ use crate::schedule::{NightPlan, Processing, current_day_obs, parse_day_obs};
 /// pipeline made of it: every dataset accounted for, throughput, end-to-end latency.
 #[derive(Debug, Parser)]
 #[command(name = "record-producer", version)]
-pub struct Args {
-    /// `night`: the schedule, time-compressed by --speed; `burst`: as fast as the broker takes
-    /// messages; `backlog`: everything first, then the wait while the pipeline drains it.
-    #[arg(value_enum)]
-    pub mode: Mode,
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
 
+/// The load-test modes, and topic creation.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// A night on its schedule (time-compressed by --speed).
+    Night(LoadArgs),
+    /// Every message as fast as the broker takes it, while the pipeline ingests.
+    Burst(LoadArgs),
+    /// Every message first, then the wait while the pipeline drains the backlog.
+    Backlog(LoadArgs),
+    /// Create the writer's input, events and dead-letter topics where missing.
+    CreateTopics(CreateTopicsArgs),
+}
+
+/// The broker, as the workers reach it.
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
     /// Kafka bootstrap servers, `host:port[,host:port...]`.
     #[arg(long, env = "BUTLER_WRITER_KAFKA_CLUSTER")]
     pub kafka_cluster: String,
@@ -53,7 +69,27 @@ pub struct Args {
     /// Extra librdkafka property for every client, `key=value`; repeatable.
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
+}
 
+impl KafkaArgs {
+    fn into_settings(self) -> Result<KafkaSettings, String> {
+        let kafka = KafkaSettings::from_parts(
+            self.kafka_cluster,
+            self.kafka_username,
+            self.kafka_password,
+            self.kafka_security_protocol,
+            self.kafka_ca_file,
+        )?;
+        Ok(KafkaSettings {
+            extra: self.kafka_options,
+            ..kafka
+        })
+    }
+}
+
+/// The writer's topics.
+#[derive(Debug, Args)]
+pub struct TopicArgs {
     /// The writer's input topic.
     #[arg(
         long,
@@ -73,6 +109,49 @@ pub struct Args {
     /// The writer's dead-letter topic.
     #[arg(long, env = "RECORD_PRODUCER_DEAD_LETTER_TOPIC", default_value = DEFAULT_DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: String,
+}
+
+/// Arguments of `record-producer create-topics`.
+#[derive(Debug, Args)]
+pub struct CreateTopicsArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub topics: TopicArgs,
+    /// Partitions of the input topic (the events and dead-letter topics get one, as deployed).
+    #[arg(long, default_value_t = 1)]
+    pub partitions: i32,
+}
+
+impl CreateTopicsArgs {
+    /// Validated settings: the broker, the three topics, the input topic's partitions.
+    pub fn into_settings(self) -> Result<(KafkaSettings, [String; 3], i32), String> {
+        if self.partitions < 1 {
+            return Err("--partitions must be at least 1".to_owned());
+        }
+        Ok((
+            self.kafka.into_settings()?,
+            [
+                self.topics.topic,
+                self.topics.events_topic,
+                self.topics.dead_letter_topic,
+            ],
+            self.partitions,
+        ))
+    }
+}
+
+/// Arguments of a load test (`night`, `burst`, `backlog`).
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub topics: TopicArgs,
 
     /// Do not read the dead-letter topic (rejected datasets then count as missing).
     #[arg(long)]
@@ -168,20 +247,10 @@ pub struct Args {
     pub report_json: Option<PathBuf>,
 }
 
-impl Args {
-    /// Validated settings, or one line saying what to change.
-    pub fn into_settings(self) -> Result<LoadSettings, String> {
-        let kafka = KafkaSettings::from_parts(
-            self.kafka_cluster,
-            self.kafka_username,
-            self.kafka_password,
-            self.kafka_security_protocol,
-            self.kafka_ca_file,
-        )?;
-        let kafka = KafkaSettings {
-            extra: self.kafka_options,
-            ..kafka
-        };
+impl LoadArgs {
+    /// Validated settings for a load test in `mode`, or one line saying what to change.
+    pub fn into_settings(self, mode: Mode) -> Result<LoadSettings, String> {
+        let kafka = self.kafka.into_settings()?;
         if !(self.speed.is_finite() && self.speed > 0.0) {
             return Err("--speed must be a number > 0".to_owned());
         }
@@ -212,11 +281,11 @@ impl Args {
         }
         Ok(LoadSettings {
             kafka,
-            topic: self.topic,
-            events_topic: self.events_topic,
-            dead_letter_topic: (!self.no_dead_letters).then_some(self.dead_letter_topic),
+            topic: self.topics.topic,
+            events_topic: self.topics.events_topic,
+            dead_letter_topic: (!self.no_dead_letters).then_some(self.topics.dead_letter_topic),
             output_directory: self.output_directory,
-            mode: self.mode,
+            mode,
             plan,
             processing: Processing {
                 delay_s: self.processing_delay,
@@ -252,9 +321,12 @@ mod tests {
     fn parse(args: &[&str]) -> Result<LoadSettings, String> {
         let mut all = vec!["record-producer"];
         all.extend_from_slice(args);
-        Args::try_parse_from(all)
-            .map_err(|e| e.to_string())?
-            .into_settings()
+        match Cli::try_parse_from(all).map_err(|e| e.to_string())?.command {
+            Command::Night(a) => a.into_settings(Mode::Night),
+            Command::Burst(a) => a.into_settings(Mode::Burst),
+            Command::Backlog(a) => a.into_settings(Mode::Backlog),
+            Command::CreateTopics(_) => Err("not a load test".to_owned()),
+        }
     }
 
     #[test]

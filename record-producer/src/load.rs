@@ -39,7 +39,7 @@ use crate::schedule::{NightPlan, Processing, Send, Visit, night, sends};
 use crate::tracker::{MessageKind, Tracker};
 
 /// How messages are paced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// The night's schedule: each worker's message when it would finish, time-compressed by
     /// `speed`.
@@ -140,7 +140,12 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
         bail!("speed must be > 0");
     }
     if let Some(partitions) = settings.create_topics {
-        create_topics(&settings, partitions).await?;
+        let mut topics = vec![
+            (settings.topic.as_str(), partitions),
+            (settings.events_topic.as_str(), 1),
+        ];
+        topics.extend(settings.dead_letter_topic.as_deref().map(|t| (t, 1)));
+        create_topics(&settings.kafka, &topics).await?;
     }
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let (stop, stopped) = watch::channel(false);
@@ -229,20 +234,17 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Creates the input, events and dead-letter topics where missing.
-async fn create_topics(settings: &LoadSettings, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = settings
-        .kafka
+/// Creates `topics` (name, partitions) where missing, replication 1 (a local broker; Strimzi
+/// creates the deployed ones).
+pub async fn create_topics(kafka: &KafkaSettings, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka
         .client_config(&[("client.id", "record-producer")])
         .create()
         .context("creating the Kafka admin client")?;
-    let mut topics = vec![
-        NewTopic::new(&settings.topic, partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(&settings.events_topic, 1, TopicReplication::Fixed(1)),
-    ];
-    if let Some(dlq) = &settings.dead_letter_topic {
-        topics.push(NewTopic::new(dlq, 1, TopicReplication::Fixed(1)));
-    }
+    let topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|&(name, partitions)| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
     let results = admin
         .create_topics(&topics, &AdminOptions::new())
         .await

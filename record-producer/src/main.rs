@@ -4,11 +4,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use record_producer::cli::Args;
+use record_producer::Mode;
+use record_producer::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -16,8 +17,14 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let (args, mode) = match cli.command {
+        Command::Night(args) => (args, Mode::Night),
+        Command::Burst(args) => (args, Mode::Burst),
+        Command::Backlog(args) => (args, Mode::Backlog),
+        Command::CreateTopics(args) => return create_topics(args).await,
+    };
     let report_json = args.report_json.clone();
-    let mut settings = match args.into_settings() {
+    let mut settings = match args.into_settings(mode) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("record-producer: {e}");
@@ -52,5 +59,27 @@ async fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+async fn create_topics(args: record_producer::cli::CreateTopicsArgs) -> ExitCode {
+    let (kafka, [input, events, dead_letters], partitions) = match args.into_settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("record-producer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let topics = [
+        (input.as_str(), partitions),
+        (events.as_str(), 1),
+        (dead_letters.as_str(), 1),
+    ];
+    match record_producer::create_topics(&kafka, &topics).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("record-producer: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
