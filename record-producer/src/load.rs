@@ -215,6 +215,7 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
             tracker.sends(),
             tracker.arrivals(),
         );
+        report.unaccounted = tracker.unaccounted();
         if let Some(path) = &settings.plot {
             let timeline = Timeline::new(tracker.sends(), tracker.arrivals());
             let title = format!(
@@ -302,8 +303,10 @@ async fn send_all(
             write_files(root, &message).await?;
         }
         let payload = message.to_json();
+        let label = format!("visit {} detector {}", visit.id, send.detector);
         let original = produce(
             producer,
+            &label,
             &settings.topic,
             payload.clone(),
             MessageKind::Original,
@@ -317,6 +320,7 @@ async fn send_all(
             let ids = dataset_ids(&message).collect();
             produce(
                 producer,
+                &label,
                 &settings.topic,
                 payload.clone(),
                 MessageKind::Redelivery,
@@ -331,6 +335,7 @@ async fn send_all(
             let ids = dataset_ids(&twin).collect();
             produce(
                 producer,
+                &label,
                 &settings.topic,
                 twin.to_json(),
                 MessageKind::Twin { of: original },
@@ -344,6 +349,7 @@ async fn send_all(
             let cut = rng.usize(1..payload.len() - 1);
             produce(
                 producer,
+                &label,
                 &settings.topic,
                 payload[..cut].to_vec(),
                 MessageKind::Malformed,
@@ -378,8 +384,10 @@ async fn write_files(
 
 /// Hands one message to the producer (waiting while its queue is full) and spawns the wait for
 /// its delivery report; returns the message's index in the tracker.
+#[allow(clippy::too_many_arguments)] // one call site per kind of copy; a struct would only rename them
 async fn produce(
     producer: &FutureProducer,
+    label: &str,
     topic: &str,
     payload: Vec<u8>,
     kind: MessageKind,
@@ -387,12 +395,23 @@ async fn produce(
     tracker: &Arc<Mutex<Tracker>>,
     waiters: &mut JoinSet<()>,
 ) -> anyhow::Result<usize> {
-    let index = lock(tracker).sent(
-        kind,
-        ids,
-        (kind == MessageKind::Malformed).then_some(payload.as_slice()),
-        now_ms(),
-    );
+    let index = {
+        let mut tracker = lock(tracker);
+        let index = tracker.sent(
+            kind,
+            ids,
+            (kind == MessageKind::Malformed).then_some(payload.as_slice()),
+            now_ms(),
+        );
+        let copy = match kind {
+            MessageKind::Original => "",
+            MessageKind::Redelivery => " (redelivered)",
+            MessageKind::Twin { .. } => " (twin pod)",
+            MessageKind::Malformed => " (malformed)",
+        };
+        tracker.set_label(index, format!("{label}{copy}"));
+        index
+    };
     let delivery = loop {
         let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic).payload(&payload);
         match producer.send_result(record) {

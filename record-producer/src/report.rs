@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::tracker::{Arrival, Outcome};
+use crate::tracker::{Arrival, Outcome, Unaccounted};
 
 /// Latency percentiles, seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -85,6 +85,9 @@ pub struct Report {
     pub drain_seconds: f64,
     /// Send-to-announcement latency over every ingested dataset.
     pub latency: Latency,
+    /// Every delivered dataset that was never announced: missing, or dead-lettered with the
+    /// writer's reason.
+    pub unaccounted: Vec<Unaccounted>,
     /// The publication consumer's counts, if it was checked.
     pub publication: Option<PublicationCounts>,
     /// Where the plot was written.
@@ -131,6 +134,7 @@ impl Report {
             drain_seconds: seconds(last_arrival - last_send),
             latency: Latency::of(&mut latencies),
             outcome,
+            unaccounted: Vec::new(),
             publication: None,
             plot: None,
         }
@@ -211,6 +215,31 @@ impl Report {
                 "  not ours: {} datasets announced, {} dead letters; undecodable events {}",
                 o.foreign_datasets, o.foreign_dead_letters, o.undecodable_events
             );
+        }
+        const LISTED: usize = 10;
+        for (what, missing) in [("never announced", true), ("dead-lettered", false)] {
+            let list: Vec<&Unaccounted> = self
+                .unaccounted
+                .iter()
+                .filter(|u| u.dead_letter_reason.is_none() == missing)
+                .collect();
+            if list.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "  {what} ({}, the first {LISTED}; all in the JSON):",
+                list.len()
+            );
+            for u in list.iter().take(LISTED) {
+                let reason = u
+                    .dead_letter_reason
+                    .as_deref()
+                    .map_or_else(String::new, |r| {
+                        format!(", {r}{}", if u.expected { " (expected)" } else { "" })
+                    });
+                let _ = writeln!(s, "    {} from {}{reason}", u.id, u.message);
+            }
         }
         let _ = writeln!(s, "{line}");
         let _ = writeln!(

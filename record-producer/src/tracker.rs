@@ -28,6 +28,8 @@ pub enum MessageKind {
 #[derive(Debug, Clone)]
 struct MessageTrack {
     kind: MessageKind,
+    /// What the message was for, such as `visit 2026050100002 detector 17`.
+    label: String,
     datasets: Vec<Uuid>,
     delivered: Option<bool>,
     dead_lettered: bool,
@@ -40,7 +42,8 @@ struct DatasetTrack {
     sent_ms: i64,
     announced_ms: Option<i64>,
     announcements: u32,
-    dead_lettered: bool,
+    /// The writer's reason, once dead-lettered.
+    dead_letter_reason: Option<String>,
 }
 
 /// One dataset's first announcement: when it was sent and announced.
@@ -65,6 +68,19 @@ pub struct Tracker {
     foreign_dead_letters: u64,
     events: u64,
     undecodable_events: u64,
+}
+
+/// A delivered dataset that was never announced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Unaccounted {
+    /// Its id.
+    pub id: Uuid,
+    /// The message that carried it (`visit V detector D`, and the kind of copy).
+    pub message: String,
+    /// The writer's dead-letter reason; `None` when it is simply missing.
+    pub dead_letter_reason: Option<String>,
+    /// True for a twin's losing copy, the one rejection a run expects.
+    pub expected: bool,
 }
 
 /// Counts at the end (or at any moment) of a load test.
@@ -143,7 +159,7 @@ impl Tracker {
                 sent_ms,
                 announced_ms: None,
                 announcements: 0,
-                dead_lettered: false,
+                dead_letter_reason: None,
             });
         }
         if kind == MessageKind::Malformed
@@ -154,11 +170,19 @@ impl Tracker {
         self.sends_ms.push((sent_ms, datasets.len()));
         self.messages.push(MessageTrack {
             kind,
+            label: String::new(),
             datasets,
             delivered: None,
             dead_lettered: false,
         });
         index
+    }
+
+    /// Names what message `index` was for, for the lists of datasets that went astray.
+    pub fn set_label(&mut self, index: usize, label: String) {
+        if let Some(message) = self.messages.get_mut(index) {
+            message.label = label;
+        }
     }
 
     /// Records the delivery report of message `index`.
@@ -207,7 +231,7 @@ impl Tracker {
         let mut ours = false;
         for id in ids {
             if let Some(track) = self.datasets.get_mut(id) {
-                track.dead_lettered = true;
+                track.dead_letter_reason = Some(reason.to_owned());
                 ours = true;
             }
         }
@@ -254,16 +278,16 @@ impl Tracker {
             }
         }
         out.datasets_sent = self.datasets.len() as u64;
-        for (id, track) in &self.datasets {
+        for track in self.datasets.values() {
             // A dataset counts as delivered if any message carrying it was delivered.
-            if !self.carried_by_delivered(*id, track.message) {
+            if !self.carried_by_delivered(track.message) {
                 continue;
             }
             out.datasets_delivered += 1;
             out.repeated_announcements += u64::from(track.announcements.saturating_sub(1));
             if track.announced_ms.is_some() {
                 out.datasets_ingested += 1;
-            } else if track.dead_lettered {
+            } else if track.dead_letter_reason.is_some() {
                 if self.is_losing_twin(track.message) {
                     out.datasets_rejected_expected += 1;
                 } else {
@@ -291,8 +315,26 @@ impl Tracker {
         out
     }
 
+    /// Delivered datasets that were never announced: missing ones and dead-lettered ones (with
+    /// the writer's reason and whether that was expected), sorted by message.
+    pub fn unaccounted(&self) -> Vec<Unaccounted> {
+        let mut out: Vec<Unaccounted> = self
+            .datasets
+            .iter()
+            .filter(|(_, t)| t.announced_ms.is_none() && self.carried_by_delivered(t.message))
+            .map(|(id, t)| Unaccounted {
+                id: *id,
+                message: self.messages[t.message].label.clone(),
+                dead_letter_reason: t.dead_letter_reason.clone(),
+                expected: t.dead_letter_reason.is_some() && self.is_losing_twin(t.message),
+            })
+            .collect();
+        out.sort_by(|a, b| a.message.cmp(&b.message).then(a.id.cmp(&b.id)));
+        out
+    }
+
     /// A dataset is delivered if its first message, or a redelivery of it, was delivered.
-    fn carried_by_delivered(&self, _id: Uuid, first: usize) -> bool {
+    fn carried_by_delivered(&self, first: usize) -> bool {
         let message = &self.messages[first];
         if message.delivered == Some(true) {
             return true;
@@ -350,6 +392,12 @@ mod tests {
         t.dead_lettered(b"{}", &b, "invalid");
         let out = t.outcome();
         assert_eq!(out.datasets_rejected_unexpected, 3);
+        t.set_label(m1, "visit 1 detector 2".into());
+        let lost = t.unaccounted();
+        assert_eq!(lost.len(), 3);
+        assert!(lost.iter().all(|l| l.message == "visit 1 detector 2"
+            && l.dead_letter_reason.as_deref() == Some("invalid")
+            && !l.expected));
         assert_eq!(
             t.arrivals()[0],
             Arrival {

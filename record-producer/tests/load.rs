@@ -127,7 +127,12 @@ async fn a_missing_writer_is_reported_not_hidden() {
     assert!(!o.is_complete());
     assert_eq!(o.messages_delivered, 10);
     assert_eq!(o.datasets_missing, 30);
-    assert!(report.table().contains("FAIL"));
+    // Each lost dataset is listed with the message that carried it.
+    assert_eq!(report.unaccounted.len(), 30);
+    assert!(report.unaccounted.iter().all(|u| u.dead_letter_reason.is_none()));
+    let table = report.table();
+    assert!(table.contains("FAIL") && table.contains("never announced (30"), "{table}");
+    assert!(table.contains("detector 0"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
