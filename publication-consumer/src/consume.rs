@@ -327,11 +327,14 @@ impl Processor {
             info!(batch_id = %event.batch_id, partition = place.partition, offset = place.offset, "batch already recorded; event skipped");
             return Handled::Done;
         }
+        let read_started = Instant::now();
         let batch = match self.read_batch(&event).await {
             Ok(Some(batch)) => batch,
             Ok(None) => return Handled::Interrupted,
             Err(skip) => return self.skip(&place, &skip, Some(&event), payload).await,
         };
+        let read_ms = read_started.elapsed().as_millis();
+        let lookup_started = Instant::now();
         let Some(found) = self
             .retry("registry", |s| {
                 let registry = s.registry.clone();
@@ -342,6 +345,7 @@ impl Processor {
         else {
             return Handled::Interrupted;
         };
+        let lookup_ms = lookup_started.elapsed().as_millis();
         let records = model::records(&batch.datasets, &found, self.settings.embargo);
         if !records.unknown.is_empty() {
             warn!(batch_id = %event.batch_id, unknown = records.unknown.len(), "dataset ids the registry does not know; recorded as unknown");
@@ -353,6 +357,7 @@ impl Processor {
             place: &place,
         };
         let now = self.settings.clock.now();
+        let store_started = Instant::now();
         let Some(recorded) = self
             .retry("database", |s| {
                 let store = s.store.clone();
@@ -381,6 +386,9 @@ impl Processor {
             datasets = batch.datasets.len(),
             recorded = recorded.datasets,
             unknown = records.unknown.len(),
+            read_ms,
+            lookup_ms,
+            store_ms = store_started.elapsed().as_millis(),
             "batch recorded"
         );
         Handled::Done
