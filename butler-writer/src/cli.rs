@@ -105,6 +105,25 @@ pub enum Output {
     Json,
 }
 
+/// The whole program: parse the command line, start logging and the runtime, run. `main.rs`
+/// calls this, and so does any binary that must behave exactly as `butler-writer` does (the
+/// integration tests' writer process).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("butler-writer: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
 /// Starts logging to stderr: `RUST_LOG` if set, else the `--log-level`.
 pub fn init_tracing(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
