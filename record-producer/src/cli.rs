@@ -242,6 +242,11 @@ pub struct LoadArgs {
     #[arg(long)]
     pub plot: Option<PathBuf>,
 
+    /// Append every distinct worker message sent (originals and twin copies) to this file, one
+    /// JSON line each, to replay the same messages elsewhere (`butler-writer ingest`).
+    #[arg(long)]
+    pub message_log: Option<PathBuf>,
+
     /// Write the report as JSON here (`-` for standard output, after the table).
     #[arg(long)]
     pub report_json: Option<PathBuf>,
@@ -310,6 +315,7 @@ impl LoadArgs {
             progress: !self.no_progress,
             publication_url: self.publication_url,
             plot: self.plot,
+            message_log: self.message_log,
         })
     }
 }

@@ -9,6 +9,7 @@
 //! not ours).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -115,6 +116,10 @@ pub struct LoadSettings {
     pub publication_url: Option<String>,
     /// Where to write the SVG plot.
     pub plot: Option<PathBuf>,
+    /// Append every distinct worker message sent (originals and twins; not the redelivered
+    /// copies or the malformed ones) to this file, one JSON line each: what a clean single run
+    /// of the same messages needs.
+    pub message_log: Option<PathBuf>,
 }
 
 fn now_ms() -> i64 {
@@ -279,6 +284,16 @@ async fn send_all(
         .map(|root| ResourcePath::parse(root).map(|p| p.as_dir()))
         .transpose()
         .context("the datastore root")?;
+    let mut log = match &settings.message_log {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the message log {}", path.display()))?,
+        )),
+        None => None,
+    };
     let mut waiters = JoinSet::new();
     let start = Instant::now();
     let paced = settings.mode == Mode::Night;
@@ -303,6 +318,9 @@ async fn send_all(
             write_files(root, &message).await?;
         }
         let payload = message.to_json();
+        if let Some(log) = &mut log {
+            log_line(log, &payload)?;
+        }
         let label = format!("visit {} detector {}", visit.id, send.detector);
         let original = produce(
             producer,
@@ -333,11 +351,15 @@ async fn send_all(
         if rng.u32(0..1000) < faults.twin_per_mille {
             let twin = output.twin(&message);
             let ids = dataset_ids(&twin).collect();
+            let payload = twin.to_json();
+            if let Some(log) = &mut log {
+                log_line(log, &payload)?;
+            }
             produce(
                 producer,
                 &label,
                 &settings.topic,
-                twin.to_json(),
+                payload,
                 MessageKind::Twin { of: original },
                 ids,
                 tracker,
@@ -362,7 +384,16 @@ async fn send_all(
         // Sends come in finishing order, so a visit a few back is done: drop its regions.
         regions.retain(|&v, _| v + 3 >= send.visit);
     }
+    if let Some(mut log) = log {
+        log.flush().context("writing the message log")?;
+    }
     Ok(waiters)
+}
+
+fn log_line(log: &mut impl Write, payload: &[u8]) -> anyhow::Result<()> {
+    log.write_all(payload)
+        .and_then(|()| log.write_all(b"\n"))
+        .context("writing the message log")
 }
 
 /// Writes a placeholder for each file of a message under the datastore root.

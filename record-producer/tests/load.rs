@@ -39,6 +39,7 @@ fn load_settings(f: &Fixture, mode: Mode, visits: u32, detectors: u32) -> LoadSe
         progress: false,
         publication_url: None,
         plot: None,
+        message_log: None,
     }
 }
 
@@ -129,9 +130,17 @@ async fn a_missing_writer_is_reported_not_hidden() {
     assert_eq!(o.datasets_missing, 30);
     // Each lost dataset is listed with the message that carried it.
     assert_eq!(report.unaccounted.len(), 30);
-    assert!(report.unaccounted.iter().all(|u| u.dead_letter_reason.is_none()));
+    assert!(
+        report
+            .unaccounted
+            .iter()
+            .all(|u| u.dead_letter_reason.is_none())
+    );
     let table = report.table();
-    assert!(table.contains("FAIL") && table.contains("never announced (30"), "{table}");
+    assert!(
+        table.contains("FAIL") && table.contains("never announced (30"),
+        "{table}"
+    );
     assert!(table.contains("detector 0"), "{table}");
 }
 
