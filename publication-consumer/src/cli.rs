@@ -189,31 +189,16 @@ fn seconds(value: f64, name: &str) -> Result<Duration, String> {
 impl ServeArgs {
     /// Validated settings, or one line saying what to change.
     pub fn into_settings(self) -> Result<Settings, String> {
-        let credentials = match (self.kafka_username, self.kafka_password) {
-            (Some(user), Some(password)) => Some((user, password)),
-            (None, None) => None,
-            _ => {
-                return Err(
-                    "KAFKA_USERNAME and KAFKA_PASSWORD go together: set both or neither".to_owned(),
-                );
-            }
-        };
-        let tls = self.kafka_ca_file.is_some();
-        let security_protocol =
-            self.kafka_security_protocol
-                .unwrap_or(match (credentials.is_some(), tls) {
-                    (true, false) => SecurityProtocol::SaslPlaintext,
-                    (true, true) => SecurityProtocol::SaslSsl,
-                    (false, false) => SecurityProtocol::Plaintext,
-                    (false, true) => SecurityProtocol::Ssl,
-                });
+        let kafka = KafkaSettings::from_parts(
+            self.kafka_cluster,
+            self.kafka_username,
+            self.kafka_password,
+            self.kafka_security_protocol,
+            self.kafka_ca_file,
+        )?;
         let kafka = KafkaSettings {
-            bootstrap_servers: self.kafka_cluster,
-            credentials,
-            security_protocol,
-            ca_file: self.kafka_ca_file,
-            debug: false,
             extra: self.kafka_options,
+            ..kafka
         };
         let embargo = hours(self.embargo_hours)
             .ok_or_else(|| "EMBARGO_HOURS must be a number of hours >= 0".to_owned())?;
