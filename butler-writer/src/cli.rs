@@ -126,10 +126,16 @@ pub fn main() -> ExitCode {
 
 /// Starts logging to stderr: `RUST_LOG` if set, else the `--log-level`.
 pub fn init_tracing(cli: &Cli) {
+    init_logging(&cli.log_level, cli.log_format);
+}
+
+/// Starts logging to stderr for any of the services: `RUST_LOG` if set, else `level`; JSON or
+/// text by `format`.
+pub fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_level.to_lowercase()));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.to_lowercase()));
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let json = match cli.log_format {
+    let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !terminal,

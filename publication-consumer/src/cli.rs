@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+pub use butler_writer::cli::LogFormat;
+use butler_writer::service::cli::{parse_key_value, parse_secret, seconds, termination};
 use butler_writer::service::{KafkaSettings, SecurityProtocol};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::clock::Clock;
@@ -48,17 +50,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// How log lines look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Text on a terminal, JSON otherwise.
-    Auto,
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Text,
 }
 
 /// What to do.
@@ -170,22 +161,6 @@ pub struct ServeArgs {
     pub shutdown_grace_seconds: f64,
 }
 
-fn parse_secret(text: &str) -> Result<SecretString, String> {
-    Ok(SecretString::from(text.to_owned()))
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .filter(|(k, _)| !k.trim().is_empty())
-        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected key=value, got {text:?}"))
-}
-
-fn seconds(value: f64, name: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| format!("{name} must be a number of seconds >= 0"))
-}
-
 impl ServeArgs {
     /// Validated settings, or one line saying what to change.
     pub fn into_settings(self) -> Result<Settings, String> {
@@ -243,28 +218,9 @@ impl ServeArgs {
     }
 }
 
-/// Starts logging to stderr: `RUST_LOG` if set, else the `--log-level`.
+/// Starts logging to stderr: `RUST_LOG` if set, else the `--log-level` (as the writer does).
 pub fn init_tracing(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_level.to_lowercase()));
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let json = match cli.log_format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !terminal,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init()
-    } else {
-        builder.with_ansi(terminal).try_init()
-    };
+    butler_writer::cli::init_logging(&cli.log_level, cli.log_format);
 }
 
 /// Runs a parsed command line. Exit status 0 after a clean stop, 1 on a fatal error, 2 on a
@@ -299,29 +255,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
 fn fail(error: &ServiceError) -> ExitCode {
     eprintln!("publication-consumer: {error}");
     ExitCode::from(1)
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn termination() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,8 @@
 //! directory is the writer's (`OUTPUT_DATASET_LIST_DIRECTORY`).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use butler_writer::service::cli::{parse_key_value, parse_secret};
+use butler_writer::service::cli::{parse_key_value, parse_secret, seconds};
 use butler_writer::service::settings::DEFAULT_DEAD_LETTER_TOPIC;
 use butler_writer::service::{KafkaSettings, SecurityProtocol};
 use clap::{Args, Parser, Subcommand};
@@ -265,10 +264,6 @@ impl LoadArgs {
         if self.visits == 0 {
             return Err("--visits must be at least 1".to_owned());
         }
-        let seconds = |value: f64, name: &str| {
-            Duration::try_from_secs_f64(value)
-                .map_err(|_| format!("{name} must be a number of seconds >= 0"))
-        };
         let settle_timeout = seconds(self.settle_timeout, "--settle-timeout")?;
         seconds(self.processing_delay, "--processing-delay")?;
         seconds(self.spread, "--spread")?;

@@ -175,7 +175,8 @@ pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got {text:?}"))
 }
 
-fn seconds(value: f64, name: &str) -> Result<Duration, String> {
+/// A duration from a number of seconds given for the setting `name`, or one line saying why not.
+pub fn seconds(value: f64, name: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| format!("{name} must be a number of seconds >= 0"))
 }
@@ -269,8 +270,8 @@ fn fail(error: &ServiceError) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn termination() {
+/// SIGTERM (Kubernetes) or Ctrl-C: when a service should stop.
+pub async fn termination() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
