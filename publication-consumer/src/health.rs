@@ -1,17 +1,16 @@
 //! What `/healthz` and `/readyz` report: the consume loop sets these flags as it goes.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use butler_writer::service::health::Heartbeat;
 use serde::Serialize;
 
 /// Shared state of a running consumer.
 #[derive(Debug)]
 pub struct Health {
-    started: Instant,
-    /// Milliseconds after `started` of the consume loop's last turn.
-    heartbeat_ms: AtomicU64,
+    heartbeat: Heartbeat,
     database_ok: AtomicBool,
     registry_ok: AtomicBool,
     storage_ok: AtomicBool,
@@ -56,8 +55,7 @@ impl Health {
     /// A consumer that has just started: not ready until it has joined its group.
     pub fn new() -> Self {
         Self {
-            started: Instant::now(),
-            heartbeat_ms: AtomicU64::new(0),
+            heartbeat: Heartbeat::default(),
             database_ok: AtomicBool::new(true),
             registry_ok: AtomicBool::new(true),
             storage_ok: AtomicBool::new(true),
@@ -71,14 +69,12 @@ impl Health {
 
     /// The consume loop turned (or is alive while it waits for a retry).
     pub fn beat(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+        self.heartbeat.beat();
     }
 
     /// How long since the consume loop last turned.
     pub fn since_heartbeat(&self) -> Duration {
-        let last = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last)
+        self.heartbeat.since()
     }
 
     /// The state database answered, or did not.

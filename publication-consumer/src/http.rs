@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 use uuid::Uuid;
 
+use butler_writer::service::http::{liveness, readiness_response};
+
 use crate::clock::Clock;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -127,29 +129,13 @@ async fn metadata() -> Json<serde_json::Value> {
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    let since = state.health.since_heartbeat();
-    if since > state.stall_timeout {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({
-                "status": "stalled",
-                "consume_loop_idle_seconds": since.as_secs_f64(),
-            })),
-        )
-    } else {
-        (StatusCode::OK, Json(serde_json::json!({ "status": "ok" })))
-    }
+    liveness(state.health.since_heartbeat(), state.stall_timeout)
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     let readiness = state.health.readiness();
     state.metrics.ready.set(i64::from(readiness.ready));
-    let status = if readiness.ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(readiness))
+    readiness_response(readiness.ready, readiness)
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {

@@ -6,12 +6,41 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+/// When a loop last turned: what `/healthz` judges liveness by. Shared by the services.
+#[derive(Debug)]
+pub struct Heartbeat {
+    started: Instant,
+    /// Milliseconds after `started` of the loop's last turn.
+    last_ms: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heartbeat {
+    /// The loop turned.
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the loop last turned.
+    pub fn since(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
 /// Shared state of a running writer.
 #[derive(Debug)]
 pub struct Health {
-    started: Instant,
-    /// Milliseconds after `started` of the consume loop's last turn.
-    heartbeat_ms: AtomicU64,
+    heartbeat: Heartbeat,
     broker_ok: AtomicBool,
     database_ok: AtomicBool,
     /// The consumer has received an assignment (possibly empty) from the group.
@@ -54,8 +83,7 @@ impl Health {
     /// A writer that has just started: not ready until it has joined its group.
     pub fn new() -> Self {
         Self {
-            started: Instant::now(),
-            heartbeat_ms: AtomicU64::new(0),
+            heartbeat: Heartbeat::default(),
             broker_ok: AtomicBool::new(true),
             database_ok: AtomicBool::new(true),
             joined: AtomicBool::new(false),
@@ -68,14 +96,12 @@ impl Health {
 
     /// The consume loop turned.
     pub fn beat(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+        self.heartbeat.beat();
     }
 
     /// How long since the consume loop last turned.
     pub fn since_heartbeat(&self) -> Duration {
-        let last = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last)
+        self.heartbeat.since()
     }
 
     /// The broker answered, or stopped answering.

@@ -57,8 +57,19 @@ async fn metadata() -> Json<Metadata> {
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    let since = state.health.since_heartbeat();
-    if since > state.stall_timeout {
+    liveness(state.health.since_heartbeat(), state.stall_timeout)
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let readiness = state.health.readiness();
+    state.metrics.ready.set(i64::from(readiness.ready));
+    readiness_response(readiness.ready, readiness)
+}
+
+/// `/healthz` for any of the services: 200 while the main loop turns, 503 once it has not for
+/// `stall_timeout` (so Kubernetes restarts a wedged process, and only that).
+pub fn liveness(since: Duration, stall_timeout: Duration) -> (StatusCode, Json<serde_json::Value>) {
+    if since > stall_timeout {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({
@@ -71,15 +82,14 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    let readiness = state.health.readiness();
-    state.metrics.ready.set(i64::from(readiness.ready));
-    let status = if readiness.ready {
+/// `/readyz` for any of the services: the readiness body, 200 when ready and 503 otherwise.
+pub fn readiness_response<R: Serialize>(ready: bool, body: R) -> (StatusCode, Json<R>) {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(readiness))
+    (status, Json(body))
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
