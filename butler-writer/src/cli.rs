@@ -69,6 +69,10 @@ pub enum Command {
     /// batch's file and emit its batch-ingested event, dead-letter what cannot be ingested. Every
     /// flag can also be given by the environment variable shown; flags win.
     Serve(Box<crate::service::cli::ServeArgs>),
+    /// Bring a registry restored from a backup forward: re-read the input topic from `--since`
+    /// in a consumer group of its own, ingest as `serve` does, stop at the end offsets seen at
+    /// start and print a JSON summary. Takes every setting of `serve`.
+    Replay(Box<crate::replay::ReplayArgs>),
 }
 
 /// Arguments of `butler-writer ingest`.
@@ -158,6 +162,7 @@ pub fn init_logging(level: &str, format: LogFormat) {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => crate::service::cli::serve(*args).await,
+        Command::Replay(args) => crate::replay::replay(*args).await,
         Command::Ingest(args) => match ingest(&args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),

@@ -10,13 +10,15 @@
 //! - [`outcome`]: what a batch did (ingested, already present, rejected with a reason).
 //! - [`error`]: errors classified as retry, reject or stop.
 //! - [`service`]: the Kafka service (`butler-writer serve`): batches in, events out.
-//! - [`cli`]: the command line (`butler-writer serve`, `butler-writer ingest`).
+//! - [`replay`]: `butler-writer replay`, re-reading the input topic from a point in time.
+//! - [`cli`]: the command line (`butler-writer serve`, `butler-writer ingest`, `butler-writer replay`).
 
 pub mod cli;
 pub mod db_auth;
 pub mod error;
 pub mod outcome;
 pub mod registry;
+pub mod replay;
 pub mod repository;
 pub mod service;
 pub mod universe;
