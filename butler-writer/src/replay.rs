@@ -461,7 +461,7 @@ mod tests {
     fn a_replay_has_its_own_group_transactional_id_and_port() {
         let (settings, since) = parse(&["--since", "2026-11-28T22:00:00+01:00"]).expect("valid");
         assert_eq!(since.to_rfc3339(), "2026-11-28T21:00:00+00:00");
-        assert_eq!(settings.group_id, "butler-writer-replay-1764363600");
+        assert_eq!(settings.group_id, "butler-writer-replay-1795899600");
         assert_eq!(settings.transactional_id, "butler-writer-output-replay");
         assert_eq!(settings.http_address.to_string(), "127.0.0.1:0");
     }
