@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# butler-writer: The Butler Writer: pp-output messages from Kafka into the Embargo Butler's registry.
+#
+# Build from the repository root (the whole workspace is the context):
+#   docker build -f deploy/images/butler-writer.Dockerfile -t butler-writer .
+# Offline, from vendored sources (run `cargo vendor --locked vendor` at the root first, with
+# network; the build then reads only vendor/ and Cargo.lock):
+#   docker build -f deploy/images/butler-writer.Dockerfile --build-arg OFFLINE=1 -t butler-writer .
+# See deploy/README.md ("Images").
+
+ARG RUST_VERSION=1.95
+ARG DEBIAN_RELEASE=bookworm
+
+FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
+# librdkafka is built from its bundled sources (C, make) against the system OpenSSL (SCRAM-SHA-512
+# and TLS) and zlib; zstd is built by its crate.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ make pkg-config libssl-dev zlib1g-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+ARG OFFLINE=0
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    if [ "$OFFLINE" = "1" ]; then \
+        set -- --offline \
+            --config 'source.crates-io.replace-with="vendored-sources"' \
+            --config 'source.vendored-sources.directory="vendor"'; \
+    fi \
+    && cargo build --release --locked "$@" -p butler-writer --bin butler-writer \
+    && install -D -m 0755 target/release/butler-writer /out/butler-writer
+
+FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+# libssl3: librdkafka's OpenSSL; ca-certificates: TLS to S3 and to brokers; zlib1g: librdkafka.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 1000 lsst \
+    && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin lsst
+COPY --from=build /out/butler-writer /usr/local/bin/butler-writer
+# The image refuses to build if the binary cannot start here (a missing shared library).
+RUN ["/usr/local/bin/butler-writer", "--version"]
+# Nothing is written outside /tmp at run time, so the root filesystem can be read-only; the
+# charts mount an emptyDir on /tmp.
+ENV HOME=/tmp
+WORKDIR /tmp
+USER 1000:1000
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/butler-writer"]
+CMD ["serve"]

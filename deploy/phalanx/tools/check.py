@@ -1,0 +1,586 @@
+#!/usr/bin/env python3
+"""Checks the Phalanx charts and the container images, without a cluster or a Docker engine.
+
+    python check.py [--write-readmes] [--kubernetes-version 1.32.0]
+
+1. Every chart under ``applications/`` is linted (``helm lint --strict``) and rendered (Helm's own
+   engine, the Helm v4 Go library that the ``helm-python-sdk`` wheel carries) with its defaults
+   and with each ``values-<environment>.yaml``, plus the globals Argo CD injects.
+2. Every rendered resource validates: Kubernetes kinds against the Kubernetes OpenAPI schemas
+   shipped by ``kubernetes-validate`` (strict: unknown fields fail), Strimzi and VaultSecret kinds
+   against ``crd_schemas.py``. A kind with no schema fails.
+3. Environment variables, both ways: a variable a chart sets on a service's container that the
+   service does not read fails; so does a variable the service requires that a chart leaves unset.
+   What a service reads comes from its sources (clap ``env = "..."`` attributes of the structs its
+   container's subcommand parses, and the library code that reads the environment).
+4. Each chart's README.md is what ``--write-readmes`` generates from its values.yaml (helm-docs'
+   ``# --`` comments and ``# @default --`` overrides): a stale README fails.
+5. The Dockerfiles under ``deploy/images``: hadolint, and the properties the deployment relies on
+   (multi-stage, slim runtime, uid 1000, libssl3 and ca-certificates, ``--version`` run at build,
+   HOME and WORKDIR under /tmp, nothing declared writable elsewhere).
+
+Prints a line per check and exits 0 when all pass, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+from helm_python import chart as helm_chart
+
+from crd_schemas import SCHEMAS
+
+HERE = Path(__file__).resolve().parent
+PHALANX = HERE.parent
+APPLICATIONS = PHALANX / "applications"
+ROOT = PHALANX.parent.parent
+IMAGES = ROOT / "deploy" / "images"
+
+# The globals Argo CD passes to every Phalanx application.
+def argo_globals(environment: str) -> dict[str, Any]:
+    return {
+        "global": {
+            "baseUrl": f"https://{environment}.example.org",
+            "host": f"{environment}.example.org",
+            "vaultSecretsPath": f"secret/rubin/{environment}",
+        }
+    }
+
+
+# Which service each chart's containers run, and where that service reads its environment.
+# `structs`: (file, struct) pairs clap parses for the container's subcommand (`serve`) and the
+# global options; `libraries`: files whose `env.get("X")`, `var("X")`, `var_os("X")` calls are
+# environment reads; `implicit`: variables read by dependencies (tracing's RUST_LOG).
+SERVICES: dict[str, dict[str, Any]] = {
+    "butler-writer": {
+        "structs": [
+            ("butler-writer/src/cli.rs", "Cli"),
+            ("butler-writer/src/service/cli.rs", "ServeArgs"),
+        ],
+        "libraries": ["resources/src/config.rs", "butler-writer/src/db_auth.rs"],
+        "prefixes": ["LSST_RESOURCES_S3_PROFILE_"],
+        "implicit": ["RUST_LOG"],
+    },
+    "publication-consumer": {
+        "structs": [
+            ("publication-consumer/src/cli.rs", "Cli"),
+            ("publication-consumer/src/cli.rs", "ServeArgs"),
+        ],
+        "libraries": ["resources/src/config.rs", "butler-writer/src/db_auth.rs"],
+        "prefixes": ["LSST_RESOURCES_S3_PROFILE_"],
+        "implicit": ["RUST_LOG"],
+    },
+}
+
+# Container name in a chart -> service.
+CONTAINERS = {"butler-writer": "butler-writer", "publication-consumer": "publication-consumer"}
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
+
+
+class Report:
+    def __init__(self) -> None:
+        self.failures = 0
+        self.passes = 0
+
+    def ok(self, what: str) -> None:
+        self.passes += 1
+        print(f"ok    {what}")
+
+    def fail(self, what: str, detail: str) -> None:
+        self.failures += 1
+        print(f"FAIL  {what}\n      " + detail.replace("\n", "\n      "))
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def charts() -> list[Path]:
+    return sorted(p for p in APPLICATIONS.iterdir() if (p / "Chart.yaml").is_file())
+
+
+def environments(chart_dir: Path) -> list[str]:
+    return sorted(p.stem[len("values-") :] for p in chart_dir.glob("values-*.yaml"))
+
+
+# Renders beyond the environment files: settings an operator will use that change the templates'
+# paths (several writers: a transactional id per pod).
+SCENARIOS: dict[str, list[dict[str, Any]]] = {"butler-writer-service": [{"replicaCount": 3}]}
+
+
+def render(
+    chart_dir: Path, environment: str | None, extra: dict[str, Any] | None = None
+) -> tuple[list[dict], dict]:
+    values: dict[str, Any] = argo_globals(environment or "default")
+    if environment:
+        env_values = yaml.safe_load((chart_dir / f"values-{environment}.yaml").read_text()) or {}
+        values = deep_merge(values, env_values)
+    if extra:
+        values = deep_merge(values, extra)
+    loaded = helm_chart.Chart.load(str(chart_dir))
+    manifests = loaded.render(values=values, name=chart_dir.name, namespace=chart_dir.name)
+    documents = []
+    for template, text in sorted(manifests.items()):
+        if template.endswith("NOTES.txt"):
+            continue
+        for document in yaml.safe_load_all(text):
+            if document:
+                document["__template__"] = template
+                documents.append(document)
+    return documents, values
+
+
+def validate(document: dict, kubernetes_version: str) -> str | None:
+    resource = {k: v for k, v in document.items() if k != "__template__"}
+    key = (resource.get("apiVersion"), resource.get("kind"))
+    if key in SCHEMAS:
+        errors = sorted(
+            jsonschema.Draft202012Validator(SCHEMAS[key]).iter_errors(resource),
+            key=lambda e: list(e.absolute_path),
+        )
+        if errors:
+            return "\n".join(
+                f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors
+            )
+        return None
+    try:
+        kubernetes_validate.validate(resource, kubernetes_version, strict=True)
+    except kubernetes_validate.SchemaNotFoundError as error:
+        return f"no schema for {key[0]} {key[1]}: {error}"
+    except kubernetes_validate.ValidationError as error:
+        return f"{'/'.join(map(str, error.path)) or '<root>'}: {error.message}"
+    return None
+
+
+# --- what the services read -------------------------------------------------------------------
+
+ARG_RE = re.compile(r"#\[arg\((?P<body>.*?)\)\]\s*pub\s+\w+\s*:\s*(?P<type>[^,\n]+),", re.S)
+
+
+def struct_body(text: str, name: str) -> str:
+    match = re.search(r"pub struct " + re.escape(name) + r"\s*\{", text)
+    if not match:
+        raise SystemExit(f"check.py: struct {name} not found")
+    depth, i = 1, match.end()
+    while depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    return text[match.end() : i - 1]
+
+
+def service_environment(service: str) -> tuple[set[str], set[str], list[str]]:
+    """(read, required, prefixes): every variable the service reads, those it cannot start
+    without, and prefixes of variable families it reads."""
+    spec = SERVICES[service]
+    read: set[str] = set(spec["implicit"])
+    required: set[str] = set()
+    for file, struct in spec["structs"]:
+        body = struct_body((ROOT / file).read_text(), struct)
+        for match in ARG_RE.finditer(body):
+            attrs, rust_type = match["body"], match["type"].strip()
+            env = re.search(r'env\s*=\s*"([A-Z0-9_]+)"', attrs)
+            if not env:
+                continue
+            read.add(env[1])
+            optional = rust_type.startswith(("Option<", "Vec<", "bool"))
+            defaulted = "default_value" in attrs
+            if not optional and not defaulted:
+                required.add(env[1])
+    for file in spec["libraries"]:
+        text = (ROOT / file).read_text()
+        # Library reads outside tests only.
+        text = text.split("#[cfg(test)]")[0]
+        read.update(re.findall(r'(?:env\.get|var|var_os)\(\s*"([A-Z][A-Z0-9_]+)"', text))
+    return read, required, list(spec["prefixes"])
+
+
+def container_env(document: dict) -> dict[str, list[dict]]:
+    spec = document.get("spec", {})
+    if document.get("kind") == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    return {c["name"]: c.get("env", []) for c in pod.get("containers", [])}
+
+
+def check_environment(report: Report, label: str, documents: list[dict]) -> None:
+    for document in documents:
+        if document.get("kind") not in WORKLOAD_KINDS:
+            continue
+        for container, env in container_env(document).items():
+            service = CONTAINERS.get(container)
+            what = f"{label}: env of {document['kind']}/{document['metadata']['name']} container {container}"
+            if service is None:
+                report.fail(what, f"no service is known to run in container {container!r}")
+                continue
+            read, required, prefixes = service_environment(service)
+            names = [e["name"] for e in env]
+            # A variable used only to build another one's value (`$(POD_NAME)`) is Kubernetes'
+            # business, not the service's.
+            referenced = {
+                n for e in env for n in re.findall(r"\$\(([A-Za-z0-9_]+)\)", str(e.get("value", "")))
+            }
+            problems = []
+            duplicates = {n for n in names if names.count(n) > 1}
+            if duplicates:
+                problems.append(f"set twice: {sorted(duplicates)}")
+            unread = sorted(
+                n
+                for n in names
+                if n not in read and n not in referenced and not n.startswith(tuple(prefixes))
+            )
+            if unread:
+                problems.append(f"set but never read by {service}: {unread}")
+            missing = sorted(required - set(names))
+            if missing:
+                problems.append(f"required by {service} but not set: {missing}")
+            empty = sorted(
+                e["name"] for e in env if "value" in e and e["name"] in required and not e["value"]
+            )
+            if empty:
+                problems.append(f"required by {service} but empty: {empty}")
+            if problems:
+                report.fail(what, "\n".join(problems))
+            else:
+                report.ok(f"{what}: {len(names)} variables, all read, {len(required)} required all set")
+
+
+# --- README from values.yaml (helm-docs' conventions) ------------------------------------------
+
+
+def values_table(values_file: Path) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) for every value with a `# --` comment."""
+    lines = values_file.read_text().splitlines()
+    data = yaml.safe_load(values_file.read_text()) or {}
+    rows = []
+    path: list[tuple[int, str]] = []
+    comment: list[str] = []
+    default_override: str | None = None
+    in_comment = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            comment = [stripped[4:].strip()]
+            default_override = None
+            in_comment = True
+            continue
+        if stripped.startswith("# @default --"):
+            default_override = stripped[len("# @default --") :].strip()
+            continue
+        if stripped.startswith("#") and in_comment:
+            comment.append(stripped[1:].strip())
+            continue
+        if not stripped or stripped.startswith("-") or stripped.startswith("#"):
+            if not stripped.startswith("#"):
+                in_comment = False if not stripped else in_comment
+            continue
+        match = re.match(r"^(\s*)([^:#]+?):(\s|$)", line)
+        if not match:
+            continue
+        indent, key = len(match[1]), match[2].strip().strip('"')
+        while path and path[-1][0] >= indent:
+            path.pop()
+        path.append((indent, key))
+        if in_comment and comment:
+            dotted = ".".join(k for _, k in path)
+            value: Any = data
+            for _, k in path:
+                value = value.get(k) if isinstance(value, dict) else None
+            kind = type_name(value)
+            default = default_override or "`" + yaml_inline(value) + "`"
+            rows.append((dotted, kind, default, " ".join(c for c in comment if c)))
+        comment, default_override, in_comment = [], None, False
+    return rows
+
+
+def type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return "string"
+
+
+def yaml_inline(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else json.dumps(value)
+
+
+def readme(chart_dir: Path, prefix: str = "") -> str:
+    meta = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
+    out = [f"# {meta['name']}", "", meta.get("description", ""), ""]
+    if meta.get("sources"):
+        out += ["## Source Code", ""] + [f"* <{s}>" for s in meta["sources"]] + [""]
+    out += [
+        "## Values",
+        "",
+        "| Key | Type | Default | Description |",
+        "|-----|------|---------|-------------|",
+    ]
+    rows = values_table(chart_dir / "values.yaml")
+    subcharts = chart_dir / "charts"
+    for key, kind, default, description in rows:
+        out.append(f"| {prefix}{key} | {kind} | {default.replace('|', '&#124;')} | {description.replace('|', '&#124;')} |")
+    if subcharts.is_dir():
+        for sub in sorted(p for p in subcharts.iterdir() if (p / "values.yaml").is_file()):
+            for key, kind, default, description in values_table(sub / "values.yaml"):
+                out.append(
+                    f"| {sub.name}.{key} | {kind} | {default.replace('|', '&#124;')} | {description.replace('|', '&#124;')} |"
+                )
+    out += ["", "Generated from values.yaml by deploy/phalanx/check --write-readmes (helm-docs' conventions)."]
+    return "\n".join(out) + "\n"
+
+
+def check_readmes(report: Report, write: bool) -> None:
+    targets = []
+    for chart_dir in charts():
+        targets.append(chart_dir)
+        subcharts = chart_dir / "charts"
+        if subcharts.is_dir():
+            targets += sorted(p for p in subcharts.iterdir() if (p / "Chart.yaml").is_file())
+    for chart_dir in targets:
+        wanted = readme(chart_dir)
+        path = chart_dir / "README.md"
+        label = f"README of {chart_dir.relative_to(PHALANX)}"
+        if write:
+            path.write_text(wanted)
+            report.ok(f"{label}: written")
+        elif not path.is_file() or path.read_text() != wanted:
+            report.fail(label, "stale or missing: run deploy/phalanx/check --write-readmes")
+        else:
+            report.ok(f"{label}: generated from values.yaml and current")
+
+
+# --- Dockerfiles --------------------------------------------------------------------------------
+
+
+def dockerfile_stages(text: str) -> list[list[tuple[str, str]]]:
+    joined = re.sub(r"\\\n", " ", text)
+    stages: list[list[tuple[str, str]]] = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction, rest.strip()))
+    return stages
+
+
+def check_dockerfiles(report: Report, hadolint: str) -> None:
+    files = sorted(IMAGES.glob("*.Dockerfile"))
+    if not files:
+        report.fail("Dockerfiles", f"none under {IMAGES}")
+        return
+    for file in files:
+        service = file.name[: -len(".Dockerfile")]
+        label = f"Dockerfile {file.relative_to(ROOT)}"
+        # DL3008 (pin apt package versions): the Debian release in the base image tag pins
+        # them; exact versions would break the build at each Debian point release.
+        lint = subprocess.run(
+            [hadolint, "--ignore", "DL3008", "--no-color", str(file)],
+            capture_output=True,
+            text=True,
+        )
+        if lint.returncode != 0:
+            report.fail(f"{label}: hadolint", lint.stdout + lint.stderr)
+        else:
+            report.ok(f"{label}: hadolint clean")
+        stages = dockerfile_stages(file.read_text())
+        problems = []
+        if len(stages) < 2:
+            problems.append("not multi-stage")
+        final = stages[-1] if stages else []
+        base = final[0][1] if final else ""
+        if "slim" not in base:
+            problems.append(f"runtime base {base!r} is not a slim image")
+        users = [rest for ins, rest in final if ins == "USER"]
+        if not users or users[-1].split(":")[0] != "1000":
+            problems.append(f"final USER is {users[-1:] or 'unset'}, not 1000")
+        runs = " ".join(rest for ins, rest in final if ins == "RUN")
+        for package in ("libssl3", "ca-certificates"):
+            if package not in runs:
+                problems.append(f"runtime stage does not install {package}")
+        if not any(
+            ins == "RUN" and f"/usr/local/bin/{service}" in rest and "--version" in rest for ins, rest in final
+        ):
+            problems.append(f"runtime stage never runs {service} --version")
+        env = " ".join(rest for ins, rest in final if ins == "ENV")
+        if not re.search(r"HOME=/tmp(\s|/|$)", env):
+            problems.append("HOME is not under /tmp (the root filesystem is read-only)")
+        workdirs = [rest for ins, rest in final if ins == "WORKDIR"]
+        if not workdirs or not workdirs[-1].startswith("/tmp"):
+            problems.append("WORKDIR is not under /tmp")
+        volumes = [rest for ins, rest in final if ins == "VOLUME"]
+        if any("/tmp" not in v for v in volumes):
+            problems.append(f"VOLUME outside /tmp: {volumes}")
+        entry = [rest for ins, rest in final if ins == "ENTRYPOINT"]
+        if not entry or f"/usr/local/bin/{service}" not in entry[-1]:
+            problems.append(f"ENTRYPOINT is not /usr/local/bin/{service}")
+        build = " ".join(rest for stage in stages[:-1] for ins, rest in stage if ins == "RUN")
+        if "--locked" not in build or f"-p {service}" not in build:
+            problems.append("the build stage does not run cargo build --locked for the service")
+        if "vendored-sources" not in build or "--offline" not in build:
+            problems.append("no offline build from vendored sources")
+        if problems:
+            report.fail(f"{label}: properties", "\n".join(problems))
+        else:
+            report.ok(
+                f"{label}: multi-stage, slim runtime, uid 1000, libssl3 and ca-certificates, --version at build, "
+                "HOME and WORKDIR in /tmp, offline build"
+            )
+    for chart_dir in charts():
+        for template in (chart_dir / "templates").glob("*.yaml"):
+            text = template.read_text()
+            if "image:" in text and "readOnlyRootFilesystem" not in (chart_dir / "values.yaml").read_text():
+                report.fail(f"{chart_dir.name}: read-only root", "securityContext.readOnlyRootFilesystem not set")
+
+
+def self_test(report: Report, kubernetes_version: str) -> None:
+    """The checks can fail: each mutation of a rendered chart must be caught."""
+    chart_dir = APPLICATIONS / "butler-writer-service"
+    documents, _ = render(chart_dir, environments(chart_dir)[0])
+    workload = next(d for d in documents if d["kind"] == "StatefulSet")
+    container = workload["spec"]["template"]["spec"]["containers"][0]
+
+    def caught(what: str, failed: bool) -> None:
+        if failed:
+            report.ok(f"self-test: {what} is caught")
+        else:
+            report.fail("self-test", f"{what} passed the check")
+
+    bad = copy.deepcopy(workload)
+    bad["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGett"] = {}
+    caught("an unknown Kubernetes field", validate(bad, kubernetes_version) is not None)
+    bad = copy.deepcopy(workload)
+    bad["spec"]["replicas"] = "one"
+    caught("a mistyped Kubernetes field", validate(bad, kubernetes_version) is not None)
+    topic = {
+        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "kind": "KafkaTopic",
+        "metadata": {"name": "t", "labels": {"strimzi.io/cluster": "c"}},
+        "spec": {"partition": 1, "replicas": 3},
+    }
+    caught("a misspelt KafkaTopic field", validate(topic, kubernetes_version) is not None)
+    caught("an unknown custom resource", validate({**topic, "kind": "KafkaTopik"}, kubernetes_version) is not None)
+
+    def env_failures(env: list[dict]) -> int:
+        probe = copy.deepcopy(workload)
+        probe["spec"]["template"]["spec"]["containers"][0]["env"] = env
+        sub = Report()
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            check_environment(sub, "self-test", [probe])
+        return sub.failures
+
+    env = container["env"]
+    caught("a variable the writer does not read", env_failures(env + [{"name": "KAFKA_GROUP", "value": "x"}]) > 0)
+    caught(
+        "a required variable left unset",
+        env_failures([e for e in env if e["name"] != "KAFKA_OUTPUT_TOPIC"]) > 0,
+    )
+    if env_failures(env) == 0:
+        report.ok("self-test: the chart's own environment passes")
+    else:
+        report.fail("self-test", "the chart's own environment fails")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write-readmes", action="store_true", help="regenerate each chart's README.md")
+    parser.add_argument("--kubernetes-version", default="1.32.0", help="Kubernetes schemas to validate against")
+    parser.add_argument("--hadolint", default="hadolint", help="the hadolint binary")
+    args = parser.parse_args()
+    report = Report()
+
+    for chart_dir in charts():
+        name = chart_dir.name
+        envs = environments(chart_dir)
+        if len(envs) < 2:
+            report.fail(name, f"expected a dev and a prod environment file, found {envs}")
+        if not (chart_dir / "secrets.yaml").is_file():
+            report.fail(name, "no secrets.yaml")
+        runs = [(environment, None) for environment in envs] + [
+            (envs[-1], extra) for extra in SCENARIOS.get(name, []) if envs
+        ]
+        for environment, extra in runs:
+            label = f"{name} [{environment}{' + ' + yaml_inline(extra) if extra else ''}]"
+            values = deep_merge(
+                argo_globals(environment),
+                yaml.safe_load((chart_dir / f"values-{environment}.yaml").read_text()) or {},
+            )
+            values = deep_merge(values, extra or {})
+            try:
+                result = helm_chart.lint(str(chart_dir), values, strict=True, namespace=name, with_subcharts=True)
+            except Exception as error:  # noqa: BLE001 - the library's error is the report
+                report.fail(f"{label}: helm lint", str(error))
+            else:
+                messages = [
+                    m
+                    for m in (result.get("messages") or [])
+                    if str(m.get("severity", "")).lower() not in ("info", "0", "1")
+                ]
+                if messages or result.get("errors"):
+                    report.fail(f"{label}: helm lint", yaml.safe_dump(result))
+                else:
+                    report.ok(f"{label}: helm lint --strict")
+            try:
+                documents, _ = render(chart_dir, environment, extra)
+            except Exception as error:  # noqa: BLE001
+                report.fail(f"{label}: render", str(error))
+                continue
+            kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in documents)
+            report.ok(f"{label}: rendered {len(documents)} resources: {', '.join(kinds)}")
+            invalid = []
+            for document in documents:
+                problem = validate(document, args.kubernetes_version)
+                if problem:
+                    invalid.append(
+                        f"{document['__template__']}: {document.get('kind')}/{document['metadata'].get('name')}: {problem}"
+                    )
+            if invalid:
+                report.fail(f"{label}: schemas", "\n".join(invalid))
+            else:
+                report.ok(
+                    f"{label}: every resource valid (Kubernetes {args.kubernetes_version} strict, Strimzi/VaultSecret)"
+                )
+            check_environment(report, label, documents)
+
+    self_test(report, args.kubernetes_version)
+    check_readmes(report, args.write_readmes)
+    check_dockerfiles(report, args.hadolint)
+    print(f"{report.passes} passed, {report.failures} failed")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
