@@ -121,7 +121,9 @@ def environments(chart_dir: Path) -> list[str]:
 
 # Renders beyond the environment files: settings an operator will use that change the templates'
 # paths (several writers: a transactional id per pod).
-SCENARIOS: dict[str, list[dict[str, Any]]] = {"butler-writer-service": [{"replicaCount": 3}]}
+SCENARIOS: dict[str, list[dict[str, Any]]] = {
+    "butler-writer-service": [{"replicaCount": 3}, {"replay": {"since": "2026-11-28T21:00:00Z"}}]
+}
 
 
 def render(

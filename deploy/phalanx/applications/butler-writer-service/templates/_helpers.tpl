@@ -56,3 +56,94 @@ Python log level names as the Rust writer's filter spells them.
 {{- $level := lower .Values.logLevel }}
 {{- if eq $level "warning" }}warn{{ else if eq $level "critical" }}error{{ else }}{{ $level }}{{ end }}
 {{- end }}
+
+{{/*
+The writer's environment, shared by the StatefulSet and the replay Job.
+*/}}
+{{- define "butler-writer-service.env" -}}
+- name: BUTLER_REPOSITORY
+  value: {{ .Values.outputRepo | quote }}
+- name: KAFKA_CLUSTER
+  value: {{ .Values.kafka.clusterAddress | quote }}
+- name: KAFKA_TOPIC
+  value: {{ .Values.kafka.topic | quote }}
+- name: KAFKA_OUTPUT_TOPIC
+  value: {{ .Values.kafka.outputTopic | quote }}
+{{- if .Values.kafka.username }}
+- name: KAFKA_USERNAME
+  value: {{ .Values.kafka.username | quote }}
+- name: KAFKA_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ template "butler-writer-service.fullname" . }}-secret
+      key: butler-writer-password
+{{- end }}
+- name: KAFKA_DEBUG
+  value: {{ ternary "1" "0" .Values.kafka.debug | quote }}
+- name: OUTPUT_DATASET_LIST_DIRECTORY
+  value: {{ .Values.outputDatasetListDirectory | quote }}
+- name: WRITER_DEBUG_LEVEL
+  value: {{ include "butler-writer-service.logLevel" . | quote }}
+- name: BUTLER_WRITER_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+- name: BUTLER_WRITER_GROUP_ID
+  value: {{ .Values.kafka.groupId | quote }}
+- name: BUTLER_WRITER_DEAD_LETTER_TOPIC
+  value: {{ .Values.kafka.deadLetterTopic | quote }}
+- name: BUTLER_WRITER_DELIVERY
+  value: {{ .Values.kafka.delivery | quote }}
+{{- if gt (int .Values.replicaCount) 1 }}
+# Each writer needs its own transactional id: the pod's stable name makes it one.
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: BUTLER_WRITER_TRANSACTIONAL_ID
+  value: "{{ .Values.kafka.transactionalId }}-$(POD_NAME)"
+{{- else }}
+- name: BUTLER_WRITER_TRANSACTIONAL_ID
+  value: {{ .Values.kafka.transactionalId | quote }}
+{{- end }}
+{{- with .Values.kafka.securityProtocol }}
+- name: BUTLER_WRITER_KAFKA_SECURITY_PROTOCOL
+  value: {{ . | quote }}
+{{- end }}
+- name: BUTLER_WRITER_BATCH_MAX_MESSAGES
+  value: {{ .Values.batch.maxMessages | quote }}
+- name: BUTLER_WRITER_BATCH_MAX_WAIT_MS
+  value: {{ .Values.batch.maxWaitMs | quote }}
+- name: BUTLER_WRITER_DB_CONCURRENCY
+  value: {{ .Values.database.concurrency | quote }}
+- name: BUTLER_WRITER_DB_MAX_CONNECTIONS
+  value: {{ .Values.database.maxConnections | quote }}
+- name: BUTLER_WRITER_RETRY_INITIAL_MS
+  value: {{ .Values.retry.initialMs | quote }}
+- name: BUTLER_WRITER_RETRY_MAX_MS
+  value: {{ .Values.retry.maxMs | quote }}
+- name: BUTLER_WRITER_BREAKER_WINDOW
+  value: {{ .Values.breaker.window | quote }}
+- name: BUTLER_WRITER_BREAKER_MIN_MESSAGES
+  value: {{ .Values.breaker.minMessages | quote }}
+- name: BUTLER_WRITER_BREAKER_THRESHOLD
+  value: {{ .Values.breaker.threshold | quote }}
+- name: BUTLER_WRITER_BREAKER_COOLDOWN_SECONDS
+  value: {{ .Values.breaker.cooldownSeconds | quote }}
+- name: BUTLER_WRITER_SHUTDOWN_GRACE_SECONDS
+  value: {{ .Values.shutdownGraceSeconds | quote }}
+- name: BUTLER_WRITER_STALL_SECONDS
+  value: {{ .Values.stallSeconds | quote }}
+- name: BUTLER_WRITER_HTTP_ADDRESS
+  value: "0.0.0.0:{{ .Values.metrics.port }}"
+{{- with .Values.s3.endpointUrl }}
+- name: S3_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: AWS_SHARED_CREDENTIALS_FILE
+  value: /app/s3/credentials
+{{- with .Values.s3.aws_profile }}
+- name: AWS_PROFILE
+  value: {{ . | quote }}
+{{- end }}
+- name: LSST_DB_AUTH
+  value: /app/lsst-credentials/db-auth.yaml
+{{- end }}
