@@ -73,6 +73,10 @@ pub enum Command {
     /// in a consumer group of its own, ingest as `serve` does, stop at the end offsets seen at
     /// start and print a JSON summary. Takes every setting of `serve`.
     Replay(Box<crate::replay::ReplayArgs>),
+    /// Put dead letters back on the input topic once their cause is fixed (all, or those of the
+    /// `--reason`s given), so the live writer ingests and announces them; prints a JSON summary.
+    /// Takes every setting of `serve`.
+    Redrive(Box<crate::redrive::RedriveArgs>),
 }
 
 /// Arguments of `butler-writer ingest`.
@@ -163,6 +167,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => crate::service::cli::serve(*args).await,
         Command::Replay(args) => crate::replay::replay(*args).await,
+        Command::Redrive(args) => crate::redrive::redrive(*args).await,
         Command::Ingest(args) => match ingest(&args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),

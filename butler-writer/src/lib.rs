@@ -11,12 +11,14 @@
 //! - [`error`]: errors classified as retry, reject or stop.
 //! - [`service`]: the Kafka service (`butler-writer serve`): batches in, events out.
 //! - [`replay`]: `butler-writer replay`, re-reading the input topic from a point in time.
+//! - [`redrive`]: `butler-writer redrive`, dead letters back onto the input topic after a fix.
 //! - [`cli`]: the command line (`butler-writer serve`, `butler-writer ingest`, `butler-writer replay`).
 
 pub mod cli;
 pub mod db_auth;
 pub mod error;
 pub mod outcome;
+pub mod redrive;
 pub mod registry;
 pub mod replay;
 pub mod repository;
