@@ -15,6 +15,8 @@
    container's subcommand parses, and the library code that reads the environment).
 4. Each chart's README.md is what ``--write-readmes`` generates from its values.yaml (helm-docs'
    ``# --`` comments and ``# @default --`` overrides): a stale README fails.
+   Where the binaries are built, their ``serve --help`` must list exactly the variables the scan
+   found.
 5. The Dockerfiles under ``deploy/images``: hadolint, and the properties the deployment relies on
    (multi-stage, slim runtime, uid 1000, libssl3 and ca-certificates, ``--version`` run at build,
    HOME and WORKDIR under /tmp, nothing declared writable elsewhere).
@@ -465,6 +467,33 @@ def check_dockerfiles(report: Report, hadolint: str) -> None:
                 report.fail(f"{chart_dir.name}: read-only root", "securityContext.readOnlyRootFilesystem not set")
 
 
+def cross_check_binaries(report: Report) -> None:
+    """Where the services are built (target/debug or target/release), the variables their
+    `serve --help` lists must be exactly those the source scan found in the clap structs: the
+    scan is what the environment check relies on."""
+    for service in SERVICES:
+        built = [p for p in (ROOT / "target" / d / service for d in ("debug", "release")) if p.is_file()]
+        binary = max(built, key=lambda p: p.stat().st_mtime) if built else None
+        what = f"{service} serve --help against the source scan"
+        if binary is None:
+            print(f"skip  {what}: not built")
+            continue
+        shown = subprocess.run([str(binary), "serve", "--help"], capture_output=True, text=True)
+        from_help = set(re.findall(r"\[env: ([A-Z0-9_]+)", shown.stdout))
+        from_source = set()
+        for file, struct in SERVICES[service]["structs"]:
+            body = struct_body((ROOT / file).read_text(), struct)
+            from_source.update(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', body))
+        if shown.returncode != 0 or from_help != from_source:
+            report.fail(
+                what,
+                f"{binary}: only in --help {sorted(from_help - from_source)}, "
+                f"only in the sources {sorted(from_source - from_help)}",
+            )
+        else:
+            report.ok(f"{what}: the same {len(from_help)} variables")
+
+
 def self_test(report: Report, kubernetes_version: str) -> None:
     """The checks can fail: each mutation of a rendered chart must be caught."""
     chart_dir = APPLICATIONS / "butler-writer-service"
@@ -578,6 +607,7 @@ def main() -> int:
             check_environment(report, label, documents)
 
     self_test(report, args.kubernetes_version)
+    cross_check_binaries(report)
     check_readmes(report, args.write_readmes)
     check_dockerfiles(report, args.hadolint)
     print(f"{report.passes} passed, {report.failures} failed")
