@@ -92,25 +92,12 @@ impl ClientContext for EventsContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        let up = statistics
-            .brokers
-            .values()
-            .any(|b| b.nodeid >= 0 && b.state == "UP");
-        self.health
-            .set_broker(up, (!up).then(|| "no broker connection is up".to_owned()));
-        if let Some(topic) = statistics.topics.get(&self.topic) {
-            for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .get_or_create(&vec![
-                            ("topic", self.topic.clone()),
-                            ("partition", partition.to_string()),
-                        ])
-                        .set(stats.consumer_lag);
-                }
-            }
-        }
+        butler_writer::service::consumer::report_statistics(
+            &statistics,
+            &self.topic,
+            |up, problem| self.health.set_broker(up, problem),
+            &self.metrics.consumer_lag,
+        );
     }
 }
 

@@ -171,25 +171,12 @@ impl ClientContext for WriterContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        let up = statistics
-            .brokers
-            .values()
-            .any(|b| b.nodeid >= 0 && b.state == "UP");
-        self.health
-            .set_broker(up, (!up).then(|| "no broker connection is up".to_owned()));
-        if let Some(topic) = statistics.topics.get(&self.input_topic) {
-            for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .get_or_create(&vec![
-                            ("topic", self.input_topic.clone()),
-                            ("partition", partition.to_string()),
-                        ])
-                        .set(stats.consumer_lag);
-                }
-            }
-        }
+        report_statistics(
+            &statistics,
+            &self.input_topic,
+            |up, problem| self.health.set_broker(up, problem),
+            &self.metrics.consumer_lag,
+        );
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -430,5 +417,35 @@ fn set_paused(consumer: &WriterConsumer, paused: bool) {
     match result {
         Ok(()) => debug!(paused, "assigned partitions paused or resumed"),
         Err(error) => warn!(%error, paused, "cannot pause or resume the assigned partitions"),
+    }
+}
+
+/// What librdkafka's statistics tell operators, for any of the services: whether a broker
+/// connection is up (to `set_broker`), and each partition's consumer lag on `topic` (to `lag`,
+/// labelled by topic and partition).
+pub fn report_statistics(
+    statistics: &Statistics,
+    topic: &str,
+    set_broker: impl FnOnce(bool, Option<String>),
+    lag: &prometheus_client::metrics::family::Family<
+        Vec<(&'static str, String)>,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+) {
+    let up = statistics
+        .brokers
+        .values()
+        .any(|b| b.nodeid >= 0 && b.state == "UP");
+    set_broker(up, (!up).then(|| "no broker connection is up".to_owned()));
+    if let Some(stats) = statistics.topics.get(topic) {
+        for (partition, stats) in &stats.partitions {
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                lag.get_or_create(&vec![
+                    ("topic", topic.to_owned()),
+                    ("partition", partition.to_string()),
+                ])
+                .set(stats.consumer_lag);
+            }
+        }
     }
 }
