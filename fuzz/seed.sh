@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Builds libFuzzer's seed corpora from the reference messages (run time only: fuzz/corpus/ is
-# gitignored, and the messages are not ours to copy into the repository).
+# Builds libFuzzer's seed corpora from the fixture messages `deploy/local/stack up` generates with
+# daf_butler (run time only: fuzz/corpus/ is gitignored).
 #
 #   fuzz/corpus/parse_message/  a sample of the messages, one file per line, plus one
 #                               batch-ingested event and one batch file (the other two parsers)
 #   fuzz/corpus/decode_region/  the sphgeom region bytes (hex-decoded "region" fields of the
 #                               dimension records) of every message, deduplicated
 #
-# Usage: fuzz/seed.sh [MESSAGES_DIR]   (default /work/shared/reference/messages)
+# Usage: fuzz/seed.sh [MESSAGES_DIR]   (default $PROMPT_KAFKA_FIXTURES/messages, or
+#                                      deploy/local/.state/fixtures/messages)
 # Env:   EVERY=N  keep every Nth line of the files with more than 10 lines (default 10); files
 #                 with 10 lines or fewer are taken whole.
 # Files are named by the SHA-1 of their content, as libFuzzer names its own, so running the
@@ -15,13 +16,14 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-messages=${1:-/work/shared/reference/messages}
+fixtures=${PROMPT_KAFKA_FIXTURES:-$here/../deploy/local/.state/fixtures}
+messages=${1:-$fixtures/messages}
 every=${EVERY:-10}
 
 shopt -s nullglob
 files=("$messages"/*.jsonl)
 if [[ ${#files[@]} -eq 0 ]]; then
-    echo "seed.sh: no *.jsonl in $messages" >&2
+    echo "seed.sh: no *.jsonl in $messages: run deploy/local/stack up (it generates the fixtures), or name a directory of messages" >&2
     exit 1
 fi
 
@@ -94,7 +96,7 @@ messages += put(
     ).encode(),
 )
 
-# Every reference region is a 4-vertex polygon, and mutations seldom keep vertices on the unit
+# The fixtures' regions are 4- and 8-vertex polygons, and mutations seldom keep vertices on the unit
 # sphere, so the fuzzer alone does not reach polygons with more than 16 edges (the envelope's
 # heap path) or vertices exactly on trixel edges (the exact orientation path). Add a few:
 # regular counter-clockwise N-gons, small (a detector) to large (a hemisphere cap), and the

@@ -326,8 +326,11 @@ def template_key(args: argparse.Namespace) -> str:
 
 def record_database(args: argparse.Namespace, name: str) -> None:
     if args.record_databases:
-        with open(args.record_databases, "a") as record:
-            record.write(name + "\n")
+        # Under the lock stack up holds while it rewrites the record (its leftover cleanup).
+        with open(args.record_databases + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with open(args.record_databases, "a") as record:
+                record.write(name + "\n")
 
 
 def ensure_template(args: argparse.Namespace) -> tuple[str, Path]:

@@ -1,26 +1,17 @@
-//! Parse and re-serialize `bench_1000_0.jsonl`: 334 pp-output messages holding 1000 datasets, the
-//! size of a large writer batch.
+//! Parse and re-serialize `bench_1000_0.jsonl` of the fixtures (`deploy/local/stack up` makes
+//! them): 334 pp-output messages holding 1000 datasets, the size of a large writer batch.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use schema::PromptProcessingOutputEvent;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 fn batch_lines() -> Vec<Vec<u8>> {
-    let dir = std::env::var_os("PROMPT_KAFKA_REFERENCE").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"),
-        PathBuf::from,
-    );
-    let path = dir.join("messages/bench_1000_0.jsonl");
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (set PROMPT_KAFKA_REFERENCE)", path.display()));
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
+    common::lines(&common::fixtures_dir().join("messages/bench_1000_0.jsonl"))
 }
 
 fn messages(c: &mut Criterion) {

@@ -2,11 +2,17 @@
 //!
 //! Each vector is a JSON line `{"kind": ..., "level": L, "region": hex, "envelope": [pixels]}`
 //! where `envelope` is `lsst.sphgeom.HtmPixelization(L).envelope(region)` expanded to sorted
-//! pixel indices. Two sets:
-//! - the 3000 level-7 reference vectors, from `$SPHGEOM_VECTORS` or else
-//!   `<workspace>/../shared/reference/sphgeom/htm7_envelopes.jsonl`;
+//! pixel indices. The sets:
+//! - the 3000 level-7 sky vectors of the fixtures, `sphgeom/htm7_envelopes.jsonl` of
+//!   `$PROMPT_KAFKA_FIXTURES` (made at `deploy/local/stack up` by `tests/data/gen_htm_vectors.py
+//!   --sky`), and the file `$SPHGEOM_VECTORS` names, when set, as well (a fresh draw for a soak
+//!   test);
 //! - `tests/data/htm_extra_vectors.jsonl`, made by `tests/data/gen_htm_vectors.py`: poles, RA = 0,
-//!   tiny to 10° polygons, vertices on trixel edges and vertices, and other levels.
+//!   tiny to 10° polygons, vertices on trixel edges and vertices, and other levels;
+//! - the team's reference vectors, `sphgeom/htm7_envelopes.jsonl` of `$PROMPT_KAFKA_REFERENCE`
+//!   (default `../shared/reference`), where that folder exists.
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -109,23 +115,24 @@ fn run(path: &Path) {
 }
 
 #[test]
-fn reference_htm7_envelopes() {
-    let path = match std::env::var_os("SPHGEOM_VECTORS") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/reference/sphgeom/htm7_envelopes.jsonl");
-            assert!(
-                path.exists(),
-                "reference HTM vectors not found at {}; set SPHGEOM_VECTORS to a \
-                 htm7_envelopes.jsonl file",
-                path.display()
-            );
-            // Print `/work/shared/...` rather than `/work/main/schema/../../shared/...`.
-            path.canonicalize().unwrap_or(path)
-        }
-    };
-    run(&path);
+fn generated_htm7_envelopes() {
+    run(&common::fixtures_dir().join("sphgeom/htm7_envelopes.jsonl"));
+    if let Some(path) = std::env::var_os("SPHGEOM_VECTORS").filter(|p| !p.is_empty()) {
+        run(&PathBuf::from(path));
+    }
+}
+
+/// The cross-check: vectors computed on the deployed system's side, where the team's folder
+/// exists.
+#[test]
+fn team_reference_htm7_envelopes_when_present() {
+    match common::reference_dir() {
+        Ok(dir) => run(&dir.join("sphgeom/htm7_envelopes.jsonl")),
+        Err(dir) => eprintln!(
+            "skipped: no reference folder at {} (set PROMPT_KAFKA_REFERENCE to cross-check)",
+            dir.display()
+        ),
+    }
 }
 
 #[test]

@@ -1,27 +1,19 @@
-//! Every reference message, parsed and serialized again, gives back its exact bytes; so does its
-//! worker-side form without the `dataset_types` key.
+//! Every message of the generated fixtures (`deploy/local/make_fixtures.py`, daf_butler's own
+//! serialization), parsed and serialized again, gives back its exact bytes; so does its
+//! worker-side form without the `dataset_types` key; and its regions decode. The same checks run
+//! over the team's reference messages (`$PROMPT_KAFKA_REFERENCE`, made by the deployed system)
+//! when that folder exists.
 
-use std::path::PathBuf;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::lines;
 use schema::PromptProcessingOutputEvent;
 
-/// The team's reference folder: `$PROMPT_KAFKA_REFERENCE`, or `../shared/reference` beside the
-/// workspace.
-fn reference_dir() -> PathBuf {
-    match std::env::var_os("PROMPT_KAFKA_REFERENCE") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"),
-    }
-}
-
-fn message_files() -> Vec<PathBuf> {
-    let dir = reference_dir().join("messages");
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; set PROMPT_KAFKA_REFERENCE to the reference folder",
-            dir.display()
-        )
-    });
+fn message_files(dir: &Path) -> Vec<PathBuf> {
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
@@ -30,16 +22,6 @@ fn message_files() -> Vec<PathBuf> {
     files.sort();
     assert!(!files.is_empty(), "no .jsonl files in {}", dir.display());
     files
-}
-
-fn lines(path: &PathBuf) -> Vec<Vec<u8>> {
-    let bytes =
-        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
 }
 
 fn round_trip(line: &[u8], context: &str) -> PromptProcessingOutputEvent {
@@ -62,48 +44,48 @@ fn round_trip(line: &[u8], context: &str) -> PromptProcessingOutputEvent {
     event
 }
 
-#[test]
-fn every_reference_message_round_trips_byte_for_byte() {
+/// Parses and re-serializes every message of `dir`; returns (messages, datasets).
+fn check_round_trip(dir: &Path) -> (usize, usize) {
     let mut messages = 0;
     let mut datasets = 0;
-    for path in message_files() {
+    for path in message_files(dir) {
         for (number, line) in lines(&path).iter().enumerate() {
             let context = format!("{}:{}", path.display(), number + 1);
             let event = round_trip(line, &context);
             assert_eq!(
                 event.dataset_types.as_deref(),
                 Some(&[][..]),
-                "{context}: reference messages carry []"
+                "{context}: writer-side messages carry []"
             );
             datasets += event.dataset_refs().count();
             messages += 1;
         }
     }
-    println!("{messages} reference messages ({datasets} datasets) round-tripped byte for byte");
-    assert!(messages > 0, "no reference messages");
+    assert!(messages > 0, "no messages in {}", dir.display());
+    (messages, datasets)
 }
 
-#[test]
-fn worker_form_without_dataset_types_round_trips_to_itself() {
+/// The same messages without `"dataset_types":[]`, as Prompt Processing sends them.
+fn check_worker_form(dir: &Path) -> usize {
     let mut messages = 0;
-    for path in message_files() {
+    for path in message_files(dir) {
         for (number, line) in lines(&path).iter().enumerate() {
             let text = String::from_utf8(line.clone()).unwrap_or_else(|e| panic!("{e}"));
             let worker_form = text.replacen(r#""dataset_types":[],"#, "", 1);
-            assert_ne!(worker_form, text, "reference message without dataset_types");
+            assert_ne!(worker_form, text, "a message without dataset_types");
             let context = format!("{}:{} (worker form)", path.display(), number + 1);
             let event = round_trip(worker_form.as_bytes(), &context);
             assert_eq!(event.dataset_types, None, "{context}");
             messages += 1;
         }
     }
-    println!("{messages} worker-form messages round-tripped byte for byte");
+    messages
 }
 
-#[test]
-fn regions_of_every_reference_message_decode() {
+/// Decodes every region and encodes it again, in hex and base64; returns how many.
+fn check_regions(dir: &Path) -> usize {
     let mut regions = 0;
-    for path in message_files() {
+    for path in message_files(dir) {
         for (number, line) in lines(&path).iter().enumerate() {
             let event =
                 PromptProcessingOutputEvent::from_json(line).unwrap_or_else(|e| panic!("{e}"));
@@ -125,6 +107,51 @@ fn regions_of_every_reference_message_decode() {
             regions += decoded.len();
         }
     }
+    assert!(regions > 0, "no regions in {}", dir.display());
+    regions
+}
+
+fn fixture_messages() -> PathBuf {
+    common::fixtures_dir().join("messages")
+}
+
+#[test]
+fn every_fixture_message_round_trips_byte_for_byte() {
+    let (messages, datasets) = check_round_trip(&fixture_messages());
+    println!("{messages} fixture messages ({datasets} datasets) round-tripped byte for byte");
+}
+
+#[test]
+fn worker_form_without_dataset_types_round_trips_to_itself() {
+    let messages = check_worker_form(&fixture_messages());
+    println!("{messages} worker-form messages round-tripped byte for byte");
+}
+
+#[test]
+fn regions_of_every_fixture_message_decode() {
+    let regions = check_regions(&fixture_messages());
     println!("{regions} regions decoded");
-    assert!(regions > 0);
+}
+
+/// The cross-check: messages the deployed system serialized, where the team's folder exists.
+#[test]
+fn the_team_reference_messages_pass_the_same_checks_when_present() {
+    let dir = match common::reference_dir() {
+        Ok(dir) => dir.join("messages"),
+        Err(dir) => {
+            println!(
+                "skipped: no reference folder at {} (set PROMPT_KAFKA_REFERENCE to cross-check)",
+                dir.display()
+            );
+            return;
+        }
+    };
+    let (messages, datasets) = check_round_trip(&dir);
+    let worker_form = check_worker_form(&dir);
+    let regions = check_regions(&dir);
+    println!(
+        "{messages} reference messages ({datasets} datasets) round-tripped byte for byte, \
+         {worker_form} in worker form, {regions} regions decoded ({})",
+        dir.display()
+    );
 }

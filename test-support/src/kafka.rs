@@ -8,6 +8,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -33,7 +34,8 @@ impl TestEnv {
     }
 
     /// Creates the writer's three topics with unique names; the input topic gets `partitions`
-    /// partitions, the others one, as in production.
+    /// partitions, the others one, as in production. They are deleted when this `TestEnv` is
+    /// dropped.
     pub async fn fresh_topics(&self, partitions: i32) -> anyhow::Result<TestTopics> {
         let topics = TestTopics {
             input: unique_name("pp_output"),
@@ -46,8 +48,11 @@ impl TestEnv {
         Ok(topics)
     }
 
-    /// Creates one topic and waits until the broker reports it with all its partitions.
+    /// Creates one topic and waits until the broker reports it with all its partitions. It is
+    /// deleted when this `TestEnv` is dropped.
     pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        // Before creating it: also deleted if the wait below fails.
+        self.delete_at_drop([name]);
         let admin: AdminClient<DefaultClientContext> = self
             .kafka_config()
             .create()
@@ -84,6 +89,52 @@ impl TestEnv {
         let consumer: BaseConsumer = config.create()?;
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || read_all(&consumer, &topic, expected, timeout)).await?
+    }
+}
+
+/// Deletes `topics` (best effort, from a `Drop`): a topic already gone is not an error; any other
+/// failure is printed, never raised.
+pub(crate) fn delete_topics(bootstrap: &str, topics: Vec<String>) {
+    if topics.is_empty() {
+        return;
+    }
+    if crate::cleanup::keep() {
+        eprintln!(
+            "test-support: keeping topics {} ({} is set)",
+            topics.join(", "),
+            crate::cleanup::KEEP_ENV
+        );
+        return;
+    }
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    let names = topics.clone();
+    let result = crate::cleanup::on_own_runtime(Duration::from_secs(15), move || async move {
+        let admin: AdminClient<DefaultClientContext> =
+            config.create().context("creating a Kafka admin client")?;
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .delete_topics(&names, &options)
+            .await
+            .context("DeleteTopics")?;
+        let refused: Vec<String> = results
+            .into_iter()
+            .filter_map(Result::err)
+            .filter(|(_, code)| *code != RDKafkaErrorCode::UnknownTopicOrPartition)
+            .map(|(topic, code)| format!("{topic}: {code}"))
+            .collect();
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            bail!("the broker refused: {}", refused.join(", "))
+        }
+    });
+    if let Err(e) = result {
+        eprintln!(
+            "test-support: could not delete test topics {} on {bootstrap}: {e:#}",
+            topics.join(", ")
+        );
     }
 }
 

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
+use crate::database::drop_database;
 use crate::proxy::TcpProxy;
 use crate::{TestEnv, unique_name, workspace_root};
 
@@ -25,9 +26,11 @@ pub struct RegistryOptions {
     pub without_output_run: bool,
 }
 
-/// A registry made for one test. Its repository directory (butler.yaml and the datastore root)
-/// is deleted when the value is dropped; the database stays, named [`TestRegistry::database`],
-/// for a post-mortem (the local stack's `down --purge` deletes them all).
+/// A registry made for one test. When the value is dropped (also when the test panics), its
+/// database is dropped (`DROP DATABASE ... WITH (FORCE)`, over a connection of its own) and its
+/// repository directory (butler.yaml and the datastore root) deleted.
+/// `PROMPT_KAFKA_KEEP_TEST_DATABASES=1` keeps the database, named [`TestRegistry::database`], for
+/// a post-mortem ([`crate::database`]).
 #[derive(Debug)]
 pub struct TestRegistry {
     /// The database holding the registry.
@@ -40,7 +43,16 @@ pub struct TestRegistry {
     pub butler_config: PathBuf,
     /// The repository directory, also the datastore root.
     pub repo: PathBuf,
+    /// The server's superuser URL, to drop the database with.
+    admin_url: String,
     _dir: TempDir,
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        // Before the fields: the repository directory goes after the database.
+        drop_database(&self.admin_url, &self.database);
+    }
 }
 
 impl TestEnv {
@@ -112,6 +124,7 @@ impl TestEnv {
             namespace,
             butler_config,
             repo,
+            admin_url: self.database_url().to_owned(),
             _dir: dir,
         })
     }

@@ -2,6 +2,7 @@
 //! containers started for the test when a Docker engine is available.
 
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -43,7 +44,8 @@ impl BrokerKind {
     }
 }
 
-/// The services of one test: dropped at the end of the test, which stops its containers.
+/// The services of one test: dropped at the end of the test, which deletes the topics it
+/// created ([`TestEnv::fresh_topics`], [`TestEnv::create_topic`]) and stops its containers.
 #[derive(Debug)]
 pub struct TestEnv {
     kafka_bootstrap: String,
@@ -51,6 +53,10 @@ pub struct TestEnv {
     database_url: String,
     /// The local stack's entry point, when the services are the stack's (it can restart them).
     stack: Option<PathBuf>,
+    /// Topics to delete at drop. Kept here rather than in `TestTopics`, which tests also build
+    /// by hand (for brokers of their own) and clone: the environment knows the broker's address
+    /// at the end of the test, after restarts.
+    topics_to_delete: Mutex<Vec<String>>,
     kafka_container: Option<ContainerAsync<Kafka>>,
     postgres_container: Option<ContainerAsync<Postgres>>,
 }
@@ -95,9 +101,19 @@ impl TestEnv {
             broker_kind,
             database_url,
             stack,
+            topics_to_delete: Mutex::new(Vec::new()),
             kafka_container,
             postgres_container,
         })
+    }
+
+    /// Deletes these topics when this `TestEnv` is dropped.
+    pub(crate) fn delete_at_drop<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
+        let mut list = self
+            .topics_to_delete
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        list.extend(topics.into_iter().map(str::to_owned));
     }
 
     /// `host:port` of the broker, for `bootstrap.servers`.
@@ -185,6 +201,18 @@ impl TestEnv {
             );
         }
         Ok(())
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Before the fields: the broker's container, if any, still runs.
+        let topics = std::mem::take(
+            self.topics_to_delete
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        crate::kafka::delete_topics(&self.kafka_bootstrap, topics);
     }
 }
 
