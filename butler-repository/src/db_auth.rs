@@ -154,10 +154,13 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Connection options for `url`, with the password from the URL, else from a matching db-auth
-/// entry, else from `PGPASSWORD` (which the Postgres driver reads by itself).
+/// entry, else from `PGPASSWORD` (which the Postgres driver reads by itself). The server shows
+/// the connections as `application_name` (`pg_stat_activity`), so an operator can tell the
+/// services apart.
 pub fn connect_options(
     url: &str,
     auth_file: Option<&Path>,
+    application_name: &str,
 ) -> Result<PgConnectOptions, DbAuthError> {
     let bad = |why: &str| DbAuthError::Url {
         url: redact(url),
@@ -202,7 +205,7 @@ pub fn connect_options(
     if let Some(password) = password {
         options = options.password(&password);
     }
-    Ok(options.application_name("butler-writer"))
+    Ok(options.application_name(application_name))
 }
 
 fn find_entry(file: &Path, url: &UrlParts) -> Result<Option<AuthEntry>, DbAuthError> {
@@ -326,12 +329,12 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = connect_options("postgresql://h/db", Some(&file))
+        let err = connect_options("postgresql://h/db", Some(&file), "test")
             .unwrap_err()
             .to_string();
         assert!(err.contains("chmod 600") && !err.contains("pw"), "{err}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let options = connect_options("postgresql://h/db", Some(&file)).unwrap();
+        let options = connect_options("postgresql://h/db", Some(&file), "test").unwrap();
         assert_eq!(options.get_username(), "u");
     }
 }

@@ -16,6 +16,7 @@
 //! - [`region`]: sphgeom's binary region encoding (hex in messages, base64 in the registry).
 //! - [`htm`]: the HTM pixelization and its envelope of a region, equal to `lsst.sphgeom`'s.
 //! - [`timespan`]: TAI-nanosecond timespans and the registry's `int8range` form.
+//! - [`topics`]: the topics the messages travel on and the headers of a dead letter.
 
 pub mod error;
 pub mod htm;
@@ -23,6 +24,7 @@ pub mod json;
 pub mod message;
 pub mod region;
 pub mod timespan;
+pub mod topics;
 pub mod value;
 
 pub use error::DecodeError;
