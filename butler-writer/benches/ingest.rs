@@ -16,16 +16,14 @@
     missing_docs
 )]
 
-#[path = "../tests/common/messages.rs"]
-mod messages;
-
 use std::io::Write;
 use std::time::Instant;
 
-use butler_writer::{ButlerConfig, OpenOptions, Registry};
-use messages::{MessageFactory, to_lines};
+use butler_repository::{ButlerConfig, PoolSettings};
+use butler_writer::Registry;
 use serde::Deserialize;
 use test_support::TestEnv;
+use test_support::messages::{MessageFactory, to_lines};
 
 const SIZES: &[usize] = &[1, 10, 100, 1000];
 
@@ -106,7 +104,7 @@ async fn main() {
 
     // Ours: one engine, every batch timed the same way.
     let config = ButlerConfig::from_path(&our_registry.butler_config).expect("config");
-    let registry = Registry::open(&config, &OpenOptions::default())
+    let registry = Registry::open(&config, &PoolSettings::default())
         .await
         .expect("open");
     let mut ours = Vec::new();

@@ -20,15 +20,12 @@
     missing_docs
 )]
 
-#[path = "../tests/common/messages.rs"]
-mod messages;
-
 use std::time::{Duration, Instant};
 
-use messages::MessageFactory;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::Connection;
 use test_support::TestEnv;
+use test_support::messages::MessageFactory;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PARTITIONS: i32 = 4;
@@ -199,8 +196,10 @@ async fn main() {
 
     // Reconciliation: every dataset sent is in the registry once and announced by a batch file
     // once; nothing was dead-lettered.
-    let sent: std::collections::HashSet<uuid::Uuid> =
-        messages.iter().flat_map(messages::dataset_ids).collect();
+    let sent: std::collections::HashSet<uuid::Uuid> = messages
+        .iter()
+        .flat_map(test_support::messages::dataset_ids)
+        .collect();
     let mut db = sqlx::PgConnection::connect(&registry.database_url)
         .await
         .expect("registry");

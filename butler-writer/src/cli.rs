@@ -6,56 +6,39 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use butler_repository::{ButlerConfig, PoolSettings, RepositoryError};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
+use service_kit::lifecycle::exit_with;
+use service_kit::logging::{LogArgNames, LogArgs};
+use service_kit::{Backoff, Chain, RetrySettings};
 use tracing::warn;
 use uuid::Uuid;
 
 use crate::error::EngineError;
 use crate::outcome::RejectReason;
-use crate::registry::{OpenOptions, Registry, StartupError};
-use crate::repository::ButlerConfig;
-use crate::service::pipeline::Backoff;
-use crate::service::settings::RetrySettings;
+use crate::registry::{Registry, StartupError};
 
 /// The Butler Writer of Prompt Processing outputs.
 #[derive(Debug, Parser)]
 #[command(name = "butler-writer", version, about)]
 pub struct Cli {
-    /// Log level (error, warn, info, debug, trace). The deployed writer's variable; `RUST_LOG`
-    /// takes a full filter instead.
-    #[arg(
-        long,
-        global = true,
-        env = "WRITER_DEBUG_LEVEL",
-        default_value = "info"
-    )]
-    pub log_level: String,
-
-    /// Log format: `json` (one object per line, for production), `text` (for a terminal), or
-    /// `auto` (text on a terminal, JSON otherwise).
-    #[arg(
-        long,
-        global = true,
-        env = "BUTLER_WRITER_LOG_FORMAT",
-        value_enum,
-        default_value_t = LogFormat::Auto
-    )]
-    pub log_format: LogFormat,
+    /// `--log-level` (the deployed writer's `WRITER_DEBUG_LEVEL`) and `--log-format`
+    /// (`BUTLER_WRITER_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: LogArgs<WriterLog>,
 
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// How log lines look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Text on a terminal, JSON otherwise.
-    Auto,
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Text,
+/// The writer's logging variables: the deployed writer's level, our format.
+#[derive(Debug, Clone)]
+pub struct WriterLog;
+
+impl LogArgNames for WriterLog {
+    const LEVEL: &'static str = "WRITER_DEBUG_LEVEL";
+    const FORMAT: &'static str = "BUTLER_WRITER_LOG_FORMAT";
 }
 
 /// What to do.
@@ -134,32 +117,7 @@ pub fn main() -> ExitCode {
 
 /// Starts logging to stderr: `RUST_LOG` if set, else the `--log-level`.
 pub fn init_tracing(cli: &Cli) {
-    init_logging(&cli.log_level, cli.log_format);
-}
-
-/// Starts logging to stderr for any of the services: `RUST_LOG` if set, else `level`; JSON or
-/// text by `format`.
-pub fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.to_lowercase()));
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !terminal,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init()
-    } else {
-        builder.with_ansi(terminal).try_init()
-    };
+    cli.log.init();
 }
 
 /// Runs a parsed command line.
@@ -171,11 +129,23 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Ingest(args) => match ingest(&args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
-            Err(message) => {
-                eprintln!("butler-writer: {message}");
-                ExitCode::from(2)
-            }
+            Err(error) => exit_with("butler-writer", &error, 2),
         },
+    }
+}
+
+/// Prints `summary` as the command's output: one JSON line on stdout.
+pub(crate) fn print_json_line<T: Serialize>(program: &str, summary: &T) {
+    match serde_json::to_string(summary) {
+        Ok(line) => {
+            #[allow(clippy::print_stdout)] // The summary is the command's output.
+            {
+                println!("{line}");
+            }
+        }
+        Err(e) => {
+            let _ = exit_with(program, &e, 1);
+        }
     }
 }
 
@@ -198,14 +168,36 @@ struct RejectedLine<'a> {
     error: &'a str,
 }
 
+/// Why `butler-writer ingest` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// `butler.yaml` cannot be read or used.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    /// The registry cannot be opened.
+    #[error(transparent)]
+    Registry(#[from] StartupError),
+    /// A batch failed for good, or the retries ran out.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A file of messages cannot be read.
+    #[error("cannot read {}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The report cannot be written.
+    #[error("cannot write to stdout")]
+    Stdout(#[source] std::io::Error),
+}
+
 /// Ingests the files; `Ok(true)` when nothing was rejected.
-async fn ingest(args: &IngestArgs) -> Result<bool, String> {
-    let config = ButlerConfig::load(&args.butler_config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let registry = Registry::open(&config, &OpenOptions::default())
-        .await
-        .map_err(|e: StartupError| e.to_string())?;
+async fn ingest(args: &IngestArgs) -> Result<bool, IngestError> {
+    let config = ButlerConfig::load(&args.butler_config).await?;
+    let registry = Registry::open(&config, &PoolSettings::default()).await?;
     let mut everything_ingested = true;
     let mut batch_number = 0;
     let stdout = std::io::stdout();
@@ -241,7 +233,7 @@ async fn ingest(args: &IngestArgs) -> Result<bool, String> {
                     .and_then(|()| writeln!(out)),
                 Output::Text => write_text(&mut out, &report),
             };
-            written.map_err(|e| format!("cannot write to stdout: {e}"))?;
+            written.map_err(IngestError::Stdout)?;
             batch_number += 1;
         }
     }
@@ -272,8 +264,11 @@ fn write_text(out: &mut impl Write, report: &BatchReport<'_>) -> std::io::Result
 }
 
 /// Non-empty lines of a file with their 1-based numbers.
-fn read_lines(path: &Path) -> Result<Vec<(usize, Vec<u8>)>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+fn read_lines(path: &Path) -> Result<Vec<(usize, Vec<u8>)>, IngestError> {
+    let bytes = std::fs::read(path).map_err(|source| IngestError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(bytes
         .split(|b| *b == b'\n')
         .enumerate()
@@ -287,7 +282,7 @@ async fn ingest_with_retries(
     registry: &Registry,
     values: &[&[u8]],
     retries: u32,
-) -> Result<crate::BatchOutcome, String> {
+) -> Result<crate::BatchOutcome, EngineError> {
     // The service's backoff, bounded: a one-shot command gives up after `retries` tries.
     let mut backoff = Backoff::new(RetrySettings {
         initial: Duration::from_secs(2),
@@ -300,10 +295,10 @@ async fn ingest_with_retries(
             Err(EngineError::Retry(error)) if attempt < retries => {
                 attempt += 1;
                 let wait = backoff.next_wait();
-                warn!(attempt, error = %crate::error::describe(&error), wait_ms = wait.as_millis(), "database unavailable; retrying the batch");
+                warn!(attempt, error = %Chain(&error), wait_ms = wait.as_millis(), "database unavailable; retrying the batch");
                 tokio::time::sleep(wait).await;
             }
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(error),
         }
     }
 }

@@ -14,15 +14,38 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use schema::topics::dead_letter_headers as headers;
 use serde::Serialize;
+use service_kit::TaskFailed;
+use service_kit::kafka::{KafkaCallError, failed, header_text, partitions_of};
+use service_kit::lifecycle::exit_with;
 use tracing::info;
 
+use crate::service::CLIENT_ID;
 use crate::service::cli::ServeArgs;
-use crate::service::delivery::headers;
 use crate::service::settings::Settings;
+
+/// Why a re-drive stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    /// The broker refused or did not answer.
+    #[error(transparent)]
+    Broker(#[from] KafkaCallError),
+    /// The dead-letter topic went quiet before its end offsets.
+    #[error("no message from {topic} for {seconds}s before its end offsets")]
+    Stalled {
+        /// The dead-letter topic.
+        topic: String,
+        /// How long it waited.
+        seconds: u64,
+    },
+    /// The reading task failed.
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
+}
 
 /// How long a metadata or watermark request may take, and how long the read may go without a
 /// message before it gives up.
@@ -68,28 +91,14 @@ pub struct RedriveSummary {
 pub async fn redrive(args: RedriveArgs) -> ExitCode {
     let settings = match args.serve.into_settings() {
         Ok(settings) => settings,
-        Err(message) => {
-            eprintln!("butler-writer: {message}");
-            return ExitCode::from(2);
-        }
+        Err(error) => return exit_with("butler-writer", &error, 2),
     };
     match run(&settings, &args.reasons, args.dry_run).await {
         Ok(summary) => {
-            match serde_json::to_string(&summary) {
-                Ok(line) => {
-                    #[allow(clippy::print_stdout)] // The summary is the command's output.
-                    {
-                        println!("{line}");
-                    }
-                }
-                Err(e) => eprintln!("butler-writer: cannot print the summary: {e}"),
-            }
+            crate::cli::print_json_line("butler-writer", &summary);
             ExitCode::SUCCESS
         }
-        Err(message) => {
-            eprintln!("butler-writer: {message}");
-            ExitCode::from(1)
-        }
+        Err(error) => exit_with("butler-writer", &error, 1),
     }
 }
 
@@ -101,22 +110,25 @@ pub async fn run(
     settings: &Settings,
     reasons: &[String],
     dry_run: bool,
-) -> Result<RedriveSummary, String> {
+) -> Result<RedriveSummary, RedriveError> {
     let consumer: BaseConsumer = settings
         .kafka
-        .client_config(&[
-            ("group.id", "butler-writer-redrive"),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-        ])
+        .client_config(
+            CLIENT_ID,
+            &[
+                ("group.id", "butler-writer-redrive"),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+            ],
+        )
         .create()
-        .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
+        .map_err(failed("creating the Kafka consumer"))?;
     let topic = settings.dead_letter_topic.clone();
     let wanted = reasons.to_vec();
     let (letters, by_reason) =
         tokio::task::spawn_blocking(move || read(&consumer, &topic, &wanted))
             .await
-            .map_err(|e| format!("reading the dead letters: {e}"))??;
+            .map_err(TaskFailed)??;
     let mut summary = RedriveSummary {
         dead_letter_topic: settings.dead_letter_topic.clone(),
         input_topic: settings.input_topic.clone(),
@@ -130,14 +142,9 @@ pub async fn run(
     }
     let producer: FutureProducer = settings
         .kafka
-        .client_config(&[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("linger.ms", "5"),
-            ("message.timeout.ms", "60000"),
-        ])
+        .producer_config(CLIENT_ID, &[("message.timeout.ms", "60000")])
         .create()
-        .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+        .map_err(failed("creating the Kafka producer"))?;
     let sends = letters.iter().map(|(key, value)| {
         let producer = &producer;
         let topic = settings.input_topic.as_str();
@@ -154,7 +161,7 @@ pub async fn run(
         }
     });
     for result in futures_util::future::join_all(sends).await {
-        result.map_err(|e| format!("cannot produce to {}: {e}", settings.input_topic))?;
+        result.map_err(failed(format!("producing to {}", settings.input_topic)))?;
         summary.redriven += 1;
     }
     info!(
@@ -171,30 +178,19 @@ fn read(
     consumer: &BaseConsumer,
     topic: &str,
     reasons: &[String],
-) -> Result<(Vec<Letter>, BTreeMap<String, u64>), String> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), BROKER_TIMEOUT)
-        .map_err(|e| format!("cannot read the metadata of {topic}: {e}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(format!("topic {topic} has no partitions (does it exist?)"));
-    }
+) -> Result<(Vec<Letter>, BTreeMap<String, u64>), RedriveError> {
+    let partitions = partitions_of(consumer, topic, BROKER_TIMEOUT)?;
     let mut assignment = TopicPartitionList::new();
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     for partition in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, BROKER_TIMEOUT)
-            .map_err(|e| format!("cannot read the offsets of {topic}: {e}"))?;
+            .map_err(failed(format!("reading the offsets of {topic}")))?;
         if high > low {
             ends.insert(partition, high);
             assignment
                 .add_partition_offset(topic, partition, Offset::Offset(low))
-                .map_err(|e| e.to_string())?;
+                .map_err(failed("building the assignment"))?;
         }
     }
     let mut letters = Vec::new();
@@ -204,22 +200,15 @@ fn read(
     }
     consumer
         .assign(&assignment)
-        .map_err(|e| format!("cannot read {topic}: {e}"))?;
+        .map_err(failed(format!("reading {topic}")))?;
     let mut last_message = Instant::now();
     while !ends.is_empty() {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(message)) => {
                 last_message = Instant::now();
                 let partition = message.partition();
-                let reason = message
-                    .headers()
-                    .and_then(|h| {
-                        h.iter()
-                            .find(|header| header.key == headers::REASON)
-                            .and_then(|header| header.value)
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                    })
-                    .unwrap_or_else(|| "unknown".to_owned());
+                let reason =
+                    header_text(&message, headers::REASON).unwrap_or_else(|| "unknown".to_owned());
                 *by_reason.entry(reason.clone()).or_default() += 1;
                 if reasons.is_empty() || reasons.contains(&reason) {
                     letters.push((
@@ -234,12 +223,12 @@ fn read(
                     ends.remove(&partition);
                 }
             }
-            Some(Err(e)) => return Err(format!("cannot read {topic}: {e}")),
+            Some(Err(e)) => return Err(failed(format!("reading {topic}"))(e).into()),
             None if last_message.elapsed() > BROKER_TIMEOUT => {
-                return Err(format!(
-                    "no message from {topic} for {}s before its end offsets",
-                    BROKER_TIMEOUT.as_secs()
-                ));
+                return Err(RedriveError::Stalled {
+                    topic: topic.to_owned(),
+                    seconds: BROKER_TIMEOUT.as_secs(),
+                });
             }
             None => {}
         }

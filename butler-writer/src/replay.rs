@@ -28,9 +28,41 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::service::cli::{ServeArgs, termination};
+use rdkafka::error::KafkaError;
+use service_kit::kafka::{KafkaCallError, failed, partitions_of};
+use service_kit::lifecycle::exit_with;
+use service_kit::metrics::Exposition;
+use service_kit::{ConfigError, ServiceHandle, TaskFailed, termination};
+
+use crate::service::cli::ServeArgs;
 use crate::service::settings::Settings;
-use crate::service::{Service, ServiceError};
+use crate::service::{CLIENT_ID, Service, ServiceError};
+
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The service could not start, or stopped on an error.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// The broker refused or did not answer a planning request.
+    #[error(transparent)]
+    Broker(#[from] KafkaCallError),
+    /// The broker answered an offset lookup with something other than an offset.
+    #[error("the broker answered {answer} for {topic}[{partition}] at {since}")]
+    UnexpectedOffset {
+        /// What it answered.
+        answer: String,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The time looked up.
+        since: DateTime<Utc>,
+    },
+    /// A planning task failed.
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
+}
 
 /// How long a metadata, watermark, offset or commit request to the broker may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -106,16 +138,18 @@ pub struct ReplaySummary {
 }
 
 /// Parses an RFC 3339 time (clap value parser).
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, ConfigError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-28T22:00:00Z: {e}"))
+        .map_err(|e| {
+            ConfigError::caused_by("expected an RFC 3339 time such as 2026-11-28T22:00:00Z", e)
+        })
 }
 
 impl ReplayArgs {
     /// The service settings for the replay: those of `serve`, with the replay's own group,
     /// transactional id and HTTP address.
-    pub fn into_settings(self) -> Result<(Settings, DateTime<Utc>), String> {
+    pub fn into_settings(self) -> Result<(Settings, DateTime<Utc>), ConfigError> {
         let since = self.since;
         let mut settings = self.serve.into_settings()?;
         let live_group = settings.group_id.clone();
@@ -123,9 +157,9 @@ impl ReplayArgs {
             .replay_group_id
             .unwrap_or_else(|| format!("{live_group}-replay-{}", since.timestamp()));
         if group == live_group {
-            return Err(format!(
+            return Err(ConfigError::new(format!(
                 "--replay-group-id must differ from the live writer's group ({live_group}): the replay moves its group's offsets"
-            ));
+            )));
         }
         settings.group_id = group;
         settings.transactional_id = self
@@ -142,22 +176,11 @@ impl ReplayArgs {
 pub async fn replay(args: ReplayArgs) -> ExitCode {
     let (settings, since) = match args.into_settings() {
         Ok(parts) => parts,
-        Err(message) => {
-            eprintln!("butler-writer: {message}");
-            return ExitCode::from(2);
-        }
+        Err(error) => return exit_with("butler-writer", &error, 2),
     };
     match run(settings, since).await {
         Ok(summary) => {
-            match serde_json::to_string(&summary) {
-                Ok(line) => {
-                    #[allow(clippy::print_stdout)] // The summary is the command's output.
-                    {
-                        println!("{line}");
-                    }
-                }
-                Err(e) => eprintln!("butler-writer: cannot print the summary: {e}"),
-            }
+            crate::cli::print_json_line("butler-writer", &summary);
             if summary.complete {
                 ExitCode::SUCCESS
             } else {
@@ -167,16 +190,13 @@ pub async fn replay(args: ReplayArgs) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Err(error) => {
-            eprintln!("butler-writer: {error}");
-            ExitCode::from(1)
-        }
+        Err(error) => exit_with("butler-writer", &error, 1),
     }
 }
 
 /// Plans the ranges, commits the start offsets for the replay's group, runs the service until
 /// the group has committed every end offset (or a signal arrives) and returns what it did.
-pub async fn run(settings: Settings, since: DateTime<Utc>) -> Result<ReplaySummary, ServiceError> {
+pub async fn run(settings: Settings, since: DateTime<Utc>) -> Result<ReplaySummary, ReplayError> {
     let planner = Arc::new(offsets_client(&settings)?);
     let topic = settings.input_topic.clone();
     let ranges = {
@@ -184,7 +204,7 @@ pub async fn run(settings: Settings, since: DateTime<Utc>) -> Result<ReplaySumma
         let topic = topic.clone();
         tokio::task::spawn_blocking(move || plan(&planner, &topic, since))
             .await
-            .map_err(|e| ServiceError::Fatal(format!("planning the replay: {e}")))??
+            .map_err(TaskFailed)??
     };
     for range in &ranges {
         if range.start == range.low && range.low > 0 {
@@ -209,7 +229,7 @@ pub async fn run(settings: Settings, since: DateTime<Utc>) -> Result<ReplaySumma
         let ranges = ranges.clone();
         tokio::task::spawn_blocking(move || commit_start(&planner, &topic, &ranges))
             .await
-            .map_err(|e| ServiceError::Fatal(format!("committing the start offsets: {e}")))??;
+            .map_err(TaskFailed)??;
     }
 
     let group_id = settings.group_id.clone();
@@ -298,20 +318,19 @@ pub async fn run(settings: Settings, since: DateTime<Utc>) -> Result<ReplaySumma
 
 /// A consumer that never joins the group: it only plans, commits the start offsets and reads
 /// the group's committed offsets.
-fn offsets_client(settings: &Settings) -> Result<BaseConsumer, ServiceError> {
+fn offsets_client(settings: &Settings) -> Result<BaseConsumer, ReplayError> {
     settings
         .kafka
-        .client_config(&[
-            ("group.id", &settings.group_id),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-        ])
+        .client_config(
+            CLIENT_ID,
+            &[
+                ("group.id", &settings.group_id),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+            ],
+        )
         .create()
-        .map_err(|e| ServiceError::Fatal(format!("cannot create the Kafka client: {e}")))
-}
-
-fn broker_error(what: &str, error: impl std::fmt::Display) -> ServiceError {
-    ServiceError::Fatal(format!("{what}: {error}"))
+        .map_err(|e| failed("creating the Kafka client that plans the replay")(e).into())
 }
 
 /// For each partition: the first offset at or after `since`, the end offset, the earliest.
@@ -319,35 +338,22 @@ fn plan(
     client: &BaseConsumer,
     topic: &str,
     since: DateTime<Utc>,
-) -> Result<Vec<PartitionRange>, ServiceError> {
-    let metadata = client
-        .fetch_metadata(Some(topic), BROKER_TIMEOUT)
-        .map_err(|e| broker_error(&format!("cannot read the metadata of {topic}"), e))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(ServiceError::Fatal(format!(
-            "topic {topic} has no partitions (does it exist?)"
-        )));
-    }
+) -> Result<Vec<PartitionRange>, ReplayError> {
+    let partitions = partitions_of(client, topic, BROKER_TIMEOUT)?;
     let mut query = TopicPartitionList::new();
     for &partition in &partitions {
         query
             .add_partition_offset(topic, partition, Offset::Offset(since.timestamp_millis()))
-            .map_err(|e| broker_error("building the offsets query", e))?;
+            .map_err(failed("building the offsets query"))?;
     }
     let found = client
         .offsets_for_times(query, BROKER_TIMEOUT)
-        .map_err(|e| broker_error(&format!("cannot look up offsets of {topic} by time"), e))?;
+        .map_err(failed(format!("looking up offsets of {topic} by time")))?;
     let mut ranges = Vec::with_capacity(partitions.len());
     for partition in partitions {
         let (low, high) = client
             .fetch_watermarks(topic, partition, BROKER_TIMEOUT)
-            .map_err(|e| broker_error(&format!("cannot read the end offsets of {topic}"), e))?;
+            .map_err(failed(format!("reading the end offsets of {topic}")))?;
         let start = match found
             .find_partition(topic, partition)
             .map(|element| element.offset())
@@ -356,9 +362,12 @@ fn plan(
             // No message at or after `since`: nothing to replay on this partition.
             Some(Offset::End) | None => high,
             Some(other) => {
-                return Err(ServiceError::Fatal(format!(
-                    "the broker answered {other:?} for {topic}[{partition}] at {since}"
-                )));
+                return Err(ReplayError::UnexpectedOffset {
+                    answer: format!("{other:?}"),
+                    topic: topic.to_owned(),
+                    partition,
+                    since,
+                });
             }
         };
         ranges.push(PartitionRange {
@@ -376,18 +385,16 @@ fn commit_start(
     client: &BaseConsumer,
     topic: &str,
     ranges: &[PartitionRange],
-) -> Result<(), ServiceError> {
+) -> Result<(), ReplayError> {
     let mut offsets = TopicPartitionList::new();
     for range in ranges {
         offsets
             .add_partition_offset(topic, range.partition, Offset::Offset(range.start))
-            .map_err(|e| broker_error("building the start offsets", e))?;
+            .map_err(failed("building the start offsets"))?;
     }
     client.commit(&offsets, CommitMode::Sync).map_err(|e| {
-        broker_error(
-            "cannot commit the start offsets for the replay's group (is the group in use?)",
-            e,
-        )
+        failed("committing the start offsets for the replay's group (is the group in use?)")(e)
+            .into()
     })
 }
 
@@ -396,7 +403,7 @@ fn remaining_messages(
     client: &BaseConsumer,
     topic: &str,
     ranges: &[PartitionRange],
-) -> Result<i64, rdkafka::error::KafkaError> {
+) -> Result<i64, KafkaError> {
     let mut query = TopicPartitionList::new();
     for range in ranges {
         query.add_partition(topic, range.partition);
@@ -452,7 +459,7 @@ mod tests {
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         match cli.command {
-            Command::Replay(args) => args.into_settings(),
+            Command::Replay(args) => args.into_settings().map_err(|e| service_kit::chain(&e)),
             _ => Err("not replay".to_owned()),
         }
     }

@@ -269,164 +269,13 @@ impl Universe {
             .strip_prefix("htm")
             .and_then(|level| level.parse().ok())
             .ok_or_else(|| UniverseError::CommonSkyPix(raw.skypix.common.clone()))?;
-
-        let spatial: HashSet<&str> = raw
-            .topology
-            .spatial
-            .values()
-            .flatten()
-            .map(String::as_str)
-            .collect();
-        let temporal: HashSet<&str> = raw
-            .topology
-            .temporal
-            .values()
-            .flatten()
-            .map(String::as_str)
-            .collect();
-
-        let mut parsed: Vec<(String, RawElement)> = Vec::with_capacity(raw.elements.len());
-        for (name, value) in &raw.elements {
-            parsed.push((name.clone(), RawElement::deserialize(value)?));
-        }
-        let position: HashMap<&str, usize> = parsed
+        let definitions = Definitions::parse(&raw)?;
+        let mut required_of = HashMap::new();
+        let elements: Vec<Element> = definitions
+            .elements
             .iter()
-            .enumerate()
-            .map(|(i, (n, _))| (n.as_str(), i))
+            .map(|(name, element)| definitions.element(name, element, &mut required_of))
             .collect();
-        for (name, element) in &parsed {
-            for dep in element.requires.iter().chain(&element.implies) {
-                if !position.contains_key(dep.as_str()) {
-                    return Err(UniverseError::Dangling {
-                        element: name.clone(),
-                        missing: dep.clone(),
-                    });
-                }
-            }
-        }
-
-        // Required closure: the required dimensions of each direct requirement, then the
-        // requirement itself; then the element itself if it is a dimension.
-        let mut required_of: HashMap<String, Vec<String>> = HashMap::new();
-        fn closure(
-            name: &str,
-            parsed: &[(String, RawElement)],
-            position: &HashMap<&str, usize>,
-            memo: &mut HashMap<String, Vec<String>>,
-            depth: usize,
-        ) -> Vec<String> {
-            if let Some(done) = memo.get(name) {
-                return done.clone();
-            }
-            let Some(&at) = position.get(name) else {
-                return Vec::new();
-            };
-            let (_, element) = &parsed[at];
-            let mut out: Vec<String> = Vec::new();
-            // A cycle would be a broken universe; the depth bound keeps it from recursing forever.
-            if depth < 64 {
-                for dep in &element.requires {
-                    for d in closure(dep, parsed, position, memo, depth + 1) {
-                        if !out.contains(&d) {
-                            out.push(d);
-                        }
-                    }
-                }
-            }
-            if !element.keys.is_empty() && !out.iter().any(|d| d == name) {
-                out.push(name.to_owned());
-            }
-            memo.insert(name.to_owned(), out.clone());
-            out
-        }
-
-        let mut elements = Vec::with_capacity(parsed.len());
-        for (name, raw_element) in &parsed {
-            let required = closure(name, &parsed, &position, &mut required_of, 0);
-            let is_dimension = !raw_element.keys.is_empty();
-            let mut fields = Vec::new();
-            for dim in &required {
-                let key_type = dimension_key_type(dim, &parsed, &position);
-                let field_name = if dim == name {
-                    raw_element
-                        .keys
-                        .first()
-                        .map_or_else(|| dim.clone(), |k| k.name.clone())
-                } else {
-                    dim.clone()
-                };
-                fields.push(Field {
-                    name: field_name,
-                    field_type: key_type,
-                    role: FieldRole::Required,
-                    dimension: Some(dim.clone()),
-                });
-            }
-            for dim in &raw_element.implies {
-                fields.push(Field {
-                    name: dim.clone(),
-                    field_type: dimension_key_type(dim, &parsed, &position),
-                    role: FieldRole::Implied,
-                    dimension: Some(dim.clone()),
-                });
-            }
-            for key in raw_element.keys.iter().skip(1) {
-                fields.push(Field {
-                    name: key.name.clone(),
-                    field_type: FieldType::parse(&key.kind, key.length, key.nbytes)
-                        .unwrap_or(FieldType::String { length: key.length }),
-                    role: FieldRole::AlternateKey,
-                    dimension: None,
-                });
-            }
-            for meta in &raw_element.metadata {
-                fields.push(Field {
-                    name: meta.name.clone(),
-                    field_type: FieldType::parse(&meta.kind, meta.length, meta.nbytes).unwrap_or(
-                        FieldType::String {
-                            length: meta.length,
-                        },
-                    ),
-                    role: FieldRole::Metadata,
-                    dimension: None,
-                });
-            }
-            let is_spatial = spatial.contains(name.as_str());
-            let is_temporal = temporal.contains(name.as_str());
-            if is_spatial {
-                fields.push(Field {
-                    name: "region".into(),
-                    field_type: FieldType::Region,
-                    role: FieldRole::Region,
-                    dimension: None,
-                });
-            }
-            if is_temporal {
-                fields.push(Field {
-                    name: "timespan".into(),
-                    field_type: FieldType::Timespan,
-                    role: FieldRole::Timespan,
-                    dimension: None,
-                });
-            }
-            let mut depends_on: Vec<String> = raw_element.requires.clone();
-            depends_on.extend(raw_element.implies.iter().cloned());
-            elements.push(Element {
-                name: name.clone(),
-                is_dimension,
-                governor: raw_element.governor,
-                has_table: !raw_element
-                    .storage
-                    .as_ref()
-                    .is_some_and(RawStorage::is_view),
-                spatial: is_spatial,
-                temporal: is_temporal,
-                required,
-                implied: raw_element.implies.clone(),
-                fields,
-                depends_on,
-            });
-        }
         let index = elements
             .iter()
             .enumerate()
@@ -495,17 +344,193 @@ impl Universe {
     }
 }
 
-/// The type of a dimension's values: its first key's.
-fn dimension_key_type(
-    dimension: &str,
-    parsed: &[(String, RawElement)],
-    position: &HashMap<&str, usize>,
-) -> FieldType {
-    position
-        .get(dimension)
-        .and_then(|&i| parsed[i].1.keys.first())
-        .and_then(|k| FieldType::parse(&k.kind, k.length, k.nbytes))
-        .unwrap_or(FieldType::String { length: None })
+/// The elements of a universe as its JSON declares them, with what the JSON says of them
+/// elsewhere (its spatial and temporal families), from which each [`Element`] is built.
+struct Definitions<'a> {
+    elements: Vec<(String, RawElement)>,
+    position: HashMap<String, usize>,
+    spatial: HashSet<&'a str>,
+    temporal: HashSet<&'a str>,
+}
+
+impl<'a> Definitions<'a> {
+    /// The elements of `raw`, each referring only to elements it defines.
+    fn parse(raw: &'a RawUniverse) -> Result<Self, UniverseError> {
+        let family_members = |families: &'a BTreeMap<String, Vec<String>>| -> HashSet<&'a str> {
+            families.values().flatten().map(String::as_str).collect()
+        };
+        let mut elements: Vec<(String, RawElement)> = Vec::with_capacity(raw.elements.len());
+        for (name, value) in &raw.elements {
+            elements.push((name.clone(), RawElement::deserialize(value)?));
+        }
+        let position: HashMap<String, usize> = elements
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        for (name, element) in &elements {
+            for dep in element.requires.iter().chain(&element.implies) {
+                if !position.contains_key(dep) {
+                    return Err(UniverseError::Dangling {
+                        element: name.clone(),
+                        missing: dep.clone(),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            elements,
+            position,
+            spatial: family_members(&raw.topology.spatial),
+            temporal: family_members(&raw.topology.temporal),
+        })
+    }
+
+    fn raw(&self, name: &str) -> Option<&RawElement> {
+        self.position.get(name).map(|&i| &self.elements[i].1)
+    }
+
+    /// The required dimensions of `name`: the required dimensions of each direct requirement,
+    /// then the requirement itself; then the element itself if it is a dimension. `memo` keeps
+    /// what was computed; a depth bound keeps a broken (cyclic) universe from recursing forever.
+    fn required(
+        &self,
+        name: &str,
+        memo: &mut HashMap<String, Vec<String>>,
+        depth: usize,
+    ) -> Vec<String> {
+        if let Some(done) = memo.get(name) {
+            return done.clone();
+        }
+        let Some(element) = self.raw(name) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        if depth < 64 {
+            for dep in &element.requires {
+                for d in self.required(dep, memo, depth + 1) {
+                    if !out.contains(&d) {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+        if !element.keys.is_empty() && !out.iter().any(|d| d == name) {
+            out.push(name.to_owned());
+        }
+        memo.insert(name.to_owned(), out.clone());
+        out
+    }
+
+    /// The element `name` as the engine uses it.
+    fn element(
+        &self,
+        name: &str,
+        raw: &RawElement,
+        memo: &mut HashMap<String, Vec<String>>,
+    ) -> Element {
+        let required = self.required(name, memo, 0);
+        let spatial = self.spatial.contains(name);
+        let temporal = self.temporal.contains(name);
+        let fields = self.fields(name, raw, &required, spatial, temporal);
+        let mut depends_on: Vec<String> = raw.requires.clone();
+        depends_on.extend(raw.implies.iter().cloned());
+        Element {
+            name: name.to_owned(),
+            is_dimension: !raw.keys.is_empty(),
+            governor: raw.governor,
+            has_table: !raw.storage.as_ref().is_some_and(RawStorage::is_view),
+            spatial,
+            temporal,
+            required,
+            implied: raw.implies.clone(),
+            fields,
+            depends_on,
+        }
+    }
+
+    /// Every field of a record, in daf_butler's order: required, implied, alternate keys,
+    /// metadata, region, timespan.
+    fn fields(
+        &self,
+        name: &str,
+        raw: &RawElement,
+        required: &[String],
+        spatial: bool,
+        temporal: bool,
+    ) -> Vec<Field> {
+        let mut fields = Vec::new();
+        for dim in required {
+            // The element's own key is named by its first key (`id`, `name`).
+            let field_name = if dim == name {
+                raw.keys
+                    .first()
+                    .map_or_else(|| dim.clone(), |k| k.name.clone())
+            } else {
+                dim.clone()
+            };
+            fields.push(Field {
+                name: field_name,
+                field_type: self.key_type(dim),
+                role: FieldRole::Required,
+                dimension: Some(dim.clone()),
+            });
+        }
+        for dim in &raw.implies {
+            fields.push(Field {
+                name: dim.clone(),
+                field_type: self.key_type(dim),
+                role: FieldRole::Implied,
+                dimension: Some(dim.clone()),
+            });
+        }
+        let declared = |field: &RawField, role| Field {
+            name: field.name.clone(),
+            field_type: FieldType::parse(&field.kind, field.length, field.nbytes).unwrap_or(
+                FieldType::String {
+                    length: field.length,
+                },
+            ),
+            role,
+            dimension: None,
+        };
+        fields.extend(
+            raw.keys
+                .iter()
+                .skip(1)
+                .map(|k| declared(k, FieldRole::AlternateKey)),
+        );
+        fields.extend(
+            raw.metadata
+                .iter()
+                .map(|m| declared(m, FieldRole::Metadata)),
+        );
+        if spatial {
+            fields.push(Field {
+                name: "region".into(),
+                field_type: FieldType::Region,
+                role: FieldRole::Region,
+                dimension: None,
+            });
+        }
+        if temporal {
+            fields.push(Field {
+                name: "timespan".into(),
+                field_type: FieldType::Timespan,
+                role: FieldRole::Timespan,
+                dimension: None,
+            });
+        }
+        fields
+    }
+
+    /// The type of a dimension's values: its first key's.
+    fn key_type(&self, dimension: &str) -> FieldType {
+        self.raw(dimension)
+            .and_then(|e| e.keys.first())
+            .and_then(|k| FieldType::parse(&k.kind, k.length, k.nbytes))
+            .unwrap_or(FieldType::String { length: None })
+    }
 }
 
 #[cfg(test)]

@@ -4,15 +4,14 @@
 // Test code: a failed expectation is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use butler_writer::error::{EngineError, ErrorClass};
-use butler_writer::{
-    BatchOutcome, ButlerConfig, OpenOptions, Registry, RejectReason, StartupError,
-};
-use common::messages::{MessageFactory, dataset_ids, record_mut, to_lines};
+use butler_repository::{ButlerConfig, ErrorClass, PoolSettings};
+use butler_writer::error::EngineError;
+use butler_writer::registry::UnsupportedRegistry;
+use butler_writer::{BatchOutcome, Registry, RejectReason, StartupError};
 use serde_json::Value;
+use service_kit::chain;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use test_support::messages::{MessageFactory, dataset_ids, record_mut, to_lines};
 use test_support::{TestEnv, TestRegistry};
 
 async fn env() -> TestEnv {
@@ -21,7 +20,7 @@ async fn env() -> TestEnv {
 
 async fn open(registry: &TestRegistry) -> Registry {
     let config = ButlerConfig::from_path(&registry.butler_config).expect("butler.yaml");
-    Registry::open(&config, &OpenOptions::default())
+    Registry::open(&config, &PoolSettings::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -392,11 +391,11 @@ async fn an_unsupported_registry_is_refused_at_start_up_with_one_line() {
     .await
     .expect("update");
     let config = ButlerConfig::from_path(&test_registry.butler_config).expect("config");
-    let error = Registry::open(&config, &OpenOptions::default())
+    let error = Registry::open(&config, &PoolSettings::default())
         .await
         .expect_err("refused");
     assert_eq!(error.class(), ErrorClass::Stop);
-    let text = error.to_string();
+    let text = chain(&error);
     assert!(
         text.contains("3.0.0") && text.contains("2.0.x") && !text.contains('\n'),
         "{text}"
@@ -414,12 +413,20 @@ async fn an_unsupported_registry_is_refused_at_start_up_with_one_line() {
     .execute(&mut db)
     .await
     .expect("update");
-    let error = Registry::open(&config, &OpenOptions::default())
+    let error = Registry::open(&config, &PoolSettings::default())
         .await
         .expect_err("refused");
     assert!(
-        matches!(error, StartupError::Unsupported(ref t) if t.contains("version 42") && t.contains("7, 8")),
+        matches!(
+            error,
+            StartupError::Unsupported(UnsupportedRegistry::Universe(_))
+        ),
         "{error}"
+    );
+    let text = chain(&error);
+    assert!(
+        text.contains("version 42") && text.contains("7, 8"),
+        "{text}"
     );
 }
 
@@ -448,7 +455,7 @@ async fn database_errors_are_classified_retry_or_stop() {
         .await
         .expect_err("a missing table stops the writer");
     assert_eq!(error.class(), ErrorClass::Stop, "{error}");
-    assert!(error.to_string().contains("dataset_location"), "{error}");
+    assert!(chain(&error).contains("dataset_location"), "{error}");
     sqlx::query(AssertSqlSafe(format!(
         "ALTER TABLE {ns}.dataset_location_moved RENAME TO dataset_location"
     )))
@@ -485,7 +492,7 @@ async fn database_errors_are_classified_retry_or_stop() {
     )
     .expect("write");
     let config = ButlerConfig::from_path(&restricted).expect("config");
-    let reader = Registry::open(&config, &OpenOptions::default())
+    let reader = Registry::open(&config, &PoolSettings::default())
         .await
         .expect("a read-only role can start");
     let lines = to_lines(&[factory.message(7_600_002, 1, 3)]);
@@ -495,15 +502,15 @@ async fn database_errors_are_classified_retry_or_stop() {
         .await
         .expect_err("no privilege");
     assert_eq!(error.class(), ErrorClass::Stop, "{error}");
-    assert!(error.to_string().contains("permission denied"), "{error}");
+    assert!(chain(&error).contains("permission denied"), "{error}");
 
     // Retry: the database goes away (through a proxy, so other tests keep their server) and
     // comes back; the batch is kept and lands once, whole.
     let (proxy, proxied) = test_registry.through_proxy().await.expect("proxy");
     let config = ButlerConfig::from_path(&proxied).expect("config");
-    let options = OpenOptions {
+    let options = PoolSettings {
         acquire_timeout: std::time::Duration::from_secs(2),
-        ..OpenOptions::default()
+        ..PoolSettings::default()
     };
     let writer = Registry::open(&config, &options)
         .await
@@ -551,7 +558,7 @@ async fn the_repository_configuration_can_live_on_s3() {
 
     // As prod spells it: the repository directory, with the profile, without naming the file.
     let repository = s3.uri(Some("embargo"), "repo");
-    let messages = test_support::reference_dir().join("messages/batch_a.jsonl");
+    let messages = test_support::fixtures_dir().join("messages/batch_a.jsonl");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_butler-writer"))
         .args(["ingest", "--output", "json", "--butler-config", &repository])
         .arg(&messages)

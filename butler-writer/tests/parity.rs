@@ -203,16 +203,16 @@ async fn parity(options: RegistryOptions, order: &[&str], batch_size: Option<usi
     );
 }
 
-/// The reference message files, in order (`$PROMPT_KAFKA_REFERENCE/messages`).
+/// The fixture message files, in order (`messages/` of `test_support::fixtures_dir`).
 fn message_files(order: &[&str]) -> Vec<PathBuf> {
-    let dir = test_support::reference_dir().join("messages");
+    let dir = test_support::fixtures_dir().join("messages");
     order
         .iter()
         .map(|name| {
             let path = dir.join(name);
             assert!(
                 path.is_file(),
-                "missing reference messages {}",
+                "missing fixture messages {}",
                 path.display()
             );
             path

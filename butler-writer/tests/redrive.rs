@@ -7,17 +7,18 @@
 
 mod common;
 
+use service_kit::ServiceHandle;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use butler_writer::service::delivery::headers;
-use common::messages::{MessageFactory, dataset_ids, record_mut, to_lines};
 use common::python::run_butler_writer;
-use common::service::{
-    env_settings, fixture, header, produce, registry_datasets, start, wait_for_datasets,
-};
+use schema::topics::dead_letter_headers as headers;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
+use test_support::fixture;
+use test_support::messages::{MessageFactory, dataset_ids, record_mut, to_lines};
+use test_support::pipeline::{header, produce, registry_datasets, wait_for_datasets};
+use test_support::writer::{env_settings, start};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,16 +16,18 @@
 
 mod common;
 
+use service_kit::ServiceHandle;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::messages::{MessageFactory, dataset_ids, to_lines};
 use common::python::{run_butler_writer, run_python};
-use common::service::{committed, env_settings, fixture, produce, registry_datasets, start};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use test_support::unique_name;
+use test_support::fixture;
+use test_support::messages::{MessageFactory, dataset_ids, to_lines};
+use test_support::pipeline::{committed, produce, registry_datasets};
+use test_support::writer::{env_settings, start};
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 2;
@@ -144,17 +146,8 @@ async fn a_registry_restored_from_an_older_dump_is_brought_forward_by_replay() {
     let live_offsets = committed(&bootstrap, &live_group, &f.topics.input, PARTITIONS);
 
     // The restore, into a database of its own.
-    let restored_db = unique_name("restored");
-    let mut admin = PgConnection::connect(f.env.database_url())
-        .await
-        .expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE \"{restored_db}\""
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("create database");
-    let restored_url = f.env.database_url_for(&restored_db);
+    let restored = f.env.fresh_database("restored").await.expect("database");
+    let restored_url = restored.url.clone();
     let restore_time = run_tool(
         "pg_restore",
         &[
@@ -272,11 +265,4 @@ async fn a_registry_restored_from_an_older_dump_is_brought_forward_by_replay() {
         replayed.elapsed.as_secs_f64(),
         restore_time.as_secs_f64() + replayed.elapsed.as_secs_f64(),
     );
-
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE \"{restored_db}\""
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("drop the restored database");
 }

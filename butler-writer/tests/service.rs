@@ -4,21 +4,23 @@
 // Test code: a failed expectation is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use service_kit::ServiceHandle;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use butler_writer::service::delivery::headers;
-use butler_writer::service::settings::FaultPlan;
+use butler_writer::service::faults::{FaultInjector, InjectedFault};
 use butler_writer::service::{Service, ServiceError};
-use common::messages::{MessageFactory, to_lines};
-use common::service::{
-    Fixture, committed, emitted, env_settings, fixture, header, http_get, ids_of, produce,
-    reference_lines, registry_datasets, start, wait_for_datasets,
-};
 use rdkafka::message::Message;
+use schema::topics::dead_letter_headers as headers;
 use test_support::TestEnv;
+use test_support::messages::{MessageFactory, to_lines};
+use test_support::pipeline::{
+    committed, emitted, header, http_get, ids_of, produce, reference_lines, registry_datasets,
+    wait_for_datasets,
+};
+use test_support::writer::{env_settings, start};
+use test_support::{Fixture, fixture};
 use uuid::Uuid;
 
 async fn env() -> TestEnv {
@@ -170,6 +172,16 @@ async fn reference_messages_land_with_events_files_dead_letters_and_offsets() {
     stop(service).await;
 }
 
+/// Stops the writer dead before it announces its first batch, as a kill there would.
+#[derive(Debug)]
+struct CrashBeforeAnnounce;
+
+impl FaultInjector for CrashBeforeAnnounce {
+    fn before_announce(&self, _announced: u64) -> Result<(), InjectedFault> {
+        Err(InjectedFault("crash before the first announce".to_owned()))
+    }
+}
+
 #[tokio::test]
 async fn a_crash_before_the_kafka_commit_is_redelivered_and_nothing_is_doubled() {
     let Fixture {
@@ -185,16 +197,15 @@ async fn a_crash_before_the_kafka_commit_is_redelivered_and_nothing_is_doubled()
     produce(env.kafka_bootstrap(), &topics.input, &lines, Some(0)).await;
 
     // The first writer ingests a batch, writes its file, and dies before Kafka hears of it.
-    let mut settings = env_settings(&env, &registry, &topics, dir.path());
-    settings.faults = FaultPlan {
-        crash_before_kafka_commit: Some(0),
-    };
-    let crashing = start(settings.clone()).await;
+    let settings = env_settings(&env, &registry, &topics, dir.path());
+    let crashing = Service::start_with_faults(settings.clone(), Arc::new(CrashBeforeAnnounce))
+        .await
+        .expect("the writer starts");
     let result = tokio::time::timeout(Duration::from_secs(60), crashing.wait())
         .await
         .expect("the writer crashes");
     assert!(
-        matches!(result, Err(ServiceError::InjectedCrash)),
+        matches!(result, Err(ServiceError::Injected(_))),
         "{result:?}"
     );
     assert!(
@@ -213,7 +224,6 @@ async fn a_crash_before_the_kafka_commit_is_redelivered_and_nothing_is_doubled()
     );
 
     // The next writer gets the same messages again: already present, announced, committed.
-    settings.faults = FaultPlan::default();
     let service = start(settings.clone()).await;
     let emitted = wait_for_datasets(
         &env,
@@ -300,7 +310,7 @@ async fn a_database_outage_mid_run_loses_nothing() {
     let (proxy, proxied) = registry.through_proxy().await.expect("proxy");
     let mut settings = env_settings(&env, &registry, &topics, dir.path());
     settings.butler_repository = proxied.display().to_string();
-    settings.open_options.acquire_timeout = Duration::from_secs(1);
+    settings.database.acquire_timeout = Duration::from_secs(1);
     let service = start(settings).await;
 
     let before = to_lines(&factory.batch(8_300_000, 30));
@@ -492,10 +502,10 @@ async fn a_registry_it_cannot_use_stops_it_with_one_clear_line() {
     let dir = tempfile::tempdir().expect("dir");
     let missing = dir.path().join("no-repo/butler.yaml");
     let mut settings =
-        common::service::settings(env.kafka_bootstrap(), &missing, &topics, dir.path(), false);
+        test_support::writer::settings(env.kafka_bootstrap(), &missing, &topics, dir.path(), false);
     settings.retry.initial = Duration::from_millis(10);
     let error = Service::start(settings).await.expect_err("no repository");
-    let text = error.to_string();
+    let text = service_kit::chain(&error);
     assert!(
         text.contains("no-repo/butler.yaml") && !text.contains('\n'),
         "{text}"
@@ -555,7 +565,7 @@ async fn transactional_delivery_on_librdkafkas_mock_cluster() {
     expected.extend(ids_of(&reference_lines("batch_c.jsonl")));
     produce(&bootstrap, &topics.input, &lines, Some(0)).await;
 
-    let settings = common::service::settings(
+    let settings = test_support::writer::settings(
         &bootstrap,
         &registry.butler_config,
         &topics,
@@ -579,7 +589,7 @@ async fn transactional_delivery_on_librdkafkas_mock_cluster() {
         for message in messages {
             let event =
                 schema::BatchIngestedEvent::from_json(message.payload().unwrap()).expect("event");
-            let file = common::service::read_batch_file(dir.path(), &event.batch_file);
+            let file = test_support::pipeline::read_batch_file(dir.path(), &event.batch_file);
             assert_eq!(file.batch_id, event.batch_id);
             announced.extend(file.datasets);
         }
@@ -606,7 +616,7 @@ async fn transactional_delivery_on_a_broker_without_transactions_stops_with_a_hi
     let registry = env.fresh_registry().await.expect("registry");
     let topics = env.fresh_topics(1).await.expect("topics");
     let dir = tempfile::tempdir().expect("dir");
-    let settings = common::service::settings(
+    let settings = test_support::writer::settings(
         env.kafka_bootstrap(),
         &registry.butler_config,
         &topics,
@@ -614,7 +624,7 @@ async fn transactional_delivery_on_a_broker_without_transactions_stops_with_a_hi
         true,
     );
     let error = Service::start(settings).await.expect_err("no transactions");
-    let text = error.to_string();
+    let text = service_kit::chain(&error);
     assert!(text.contains("BUTLER_WRITER_DELIVERY=idempotent"), "{text}");
 }
 
@@ -841,7 +851,7 @@ async fn authenticated_broker(tls: bool) {
     }
 
     let settings_with = |password: &str| {
-        let mut settings = common::service::settings(
+        let mut settings = test_support::writer::settings(
             broker.bootstrap(),
             &registry.butler_config,
             &topics,
@@ -853,9 +863,9 @@ async fn authenticated_broker(tls: bool) {
             secrecy::SecretString::from(password.to_owned()),
         ));
         settings.kafka.security_protocol = if tls {
-            butler_writer::service::SecurityProtocol::SaslSsl
+            service_kit::SecurityProtocol::SaslSsl
         } else {
-            butler_writer::service::SecurityProtocol::SaslPlaintext
+            service_kit::SecurityProtocol::SaslPlaintext
         };
         settings.kafka.ca_file = broker.ca_file().map(std::path::Path::to_path_buf);
         settings
@@ -885,9 +895,10 @@ async fn authenticated_broker(tls: bool) {
     let result = tokio::time::timeout(Duration::from_secs(60), failing.wait())
         .await
         .expect("the writer stops");
-    let Err(ServiceError::Fatal(text)) = result else {
-        panic!("expected a fatal error, got {result:?}");
+    let Err(error @ ServiceError::KafkaRefused(_)) = result else {
+        panic!("expected Kafka to refuse the credentials, got {result:?}");
     };
+    let text = service_kit::chain(&error);
     assert!(
         text.to_lowercase().contains("authentication") && !text.contains('\n'),
         "{text}"

@@ -23,14 +23,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use butler_writer::registry::{OpenOptions, Registry};
-use butler_writer::repository::ButlerConfig;
-use butler_writer::service::KafkaSettings;
+use butler_repository::{ButlerConfig, PoolSettings};
+use butler_writer::registry::Registry;
 use record_producer::messages::DatasetTypeSpec;
 use record_producer::schedule::{NightPlan, Processing};
 use record_producer::{Faults, LoadSettings, Mode, Report};
 use schema::DatasetBatch;
 use serde::{Deserialize, Serialize};
+use service_kit::KafkaSettings;
 use sqlx::{Connection, PgConnection};
 use test_support::{TestEnv, TestRegistry, TestTopics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -543,7 +543,7 @@ fn read_message_log(path: &Path) -> anyhow::Result<Vec<(Vec<Uuid>, Vec<u8>)>> {
 /// Ingests `messages` into `registry` in batches of 500, in order, with the writer's engine.
 async fn clean_run(registry: &TestRegistry, messages: &[&[u8]]) -> anyhow::Result<()> {
     let config = ButlerConfig::from_path(&registry.butler_config)?;
-    let engine = Registry::open(&config, &OpenOptions::default()).await?;
+    let engine = Registry::open(&config, &PoolSettings::default()).await?;
     for batch in messages.chunks(500) {
         let outcome = engine.ingest_values(batch).await?;
         ensure!(

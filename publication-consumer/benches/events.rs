@@ -24,14 +24,16 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use service_kit::ServiceHandle;
 use std::time::{Duration, Instant};
 
-use butler_writer::service::KafkaSettings;
-use butler_writer::service::settings::RetrySettings;
-use butler_writer::{ButlerConfig, OpenOptions, Registry};
+use butler_repository::{ButlerConfig, PoolSettings};
+use butler_writer::Registry;
 use chrono::{DateTime, Utc};
 use publication_consumer::{Service, Settings};
 use schema::{BatchIngestedEvent, DatasetBatch};
+use service_kit::metrics::Exposition;
+use service_kit::{KafkaSettings, RetrySettings};
 use test_support::{TestEnv, unique_name};
 use uuid::Uuid;
 
@@ -92,10 +94,7 @@ async fn drain(settings: Settings, events: usize, replay: bool) -> Run {
 async fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
         // The consumer's own lines (`batch recorded` carries read_ms, lookup_ms, store_ms).
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .try_init();
+        service_kit::logging::init_logging("info", service_kit::logging::LogFormat::Text);
     }
     let events = env_usize("BENCH_EVENTS", 100);
     let per_batch = env_usize("BENCH_BATCH", 500);
@@ -108,7 +107,7 @@ async fn main() {
     // The registry's datasets, through the writer's engine; a batch file and an event per batch.
     let prepared = Instant::now();
     let config = ButlerConfig::from_path(&registry.butler_config).unwrap();
-    let engine = Registry::open(&config, &OpenOptions::default())
+    let engine = Registry::open(&config, &PoolSettings::default())
         .await
         .unwrap();
     let factory = common::messages::MessageFactory::load();
@@ -176,9 +175,12 @@ async fn main() {
     // Reconcile before the replay.
     let state = publication_consumer::Store::open(
         &env.database_url_for(&registry.database),
-        None,
+        &PoolSettings {
+            auth_file: None,
+            max_connections: 2,
+            ..PoolSettings::default()
+        },
         &schema,
-        2,
     )
     .await
     .unwrap();

@@ -10,43 +10,53 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub use butler_writer::cli::LogFormat;
-use butler_writer::service::cli::{parse_key_value, parse_secret, seconds, termination};
-use butler_writer::service::{KafkaSettings, SecurityProtocol};
+use butler_repository::PoolSettings;
 use clap::{Args, Parser, Subcommand};
+use schema::topics::EVENTS_TOPIC;
 use secrecy::SecretString;
+use service_kit::cli::{KafkaArgNames, KafkaArgs, seconds};
+use service_kit::logging::{LogArgNames, LogArgs};
+use service_kit::{ConfigError, KafkaVariables, RetrySettings};
 
+use crate::Service;
 use crate::clock::Clock;
 use crate::settings::{
     DEFAULT_BATCH_FILE_WAIT_SECONDS, DEFAULT_EMBARGO_HOURS, DEFAULT_GROUP_ID, DEFAULT_ORIGIN,
-    DEFAULT_SCHEMA, DEFAULT_TOPIC, RetrySettings, Settings, hours,
+    DEFAULT_SCHEMA, Settings, hours,
 };
-use crate::{Service, ServiceError};
+
+/// The broker variables: the writer's, so one deployment's values serve both; the protocol and
+/// CA file are the consumer's.
+#[derive(Debug)]
+pub struct ConsumerKafka;
+
+impl KafkaArgNames for ConsumerKafka {
+    const VARIABLES: KafkaVariables = KafkaVariables {
+        cluster: "KAFKA_CLUSTER",
+        username: "KAFKA_USERNAME",
+        password: "KAFKA_PASSWORD",
+        security_protocol: "PUBLICATION_KAFKA_SECURITY_PROTOCOL",
+        ca_file: "PUBLICATION_KAFKA_CA_FILE",
+    };
+}
+
+/// The consumer's logging variables.
+#[derive(Debug, Clone)]
+pub struct ConsumerLog;
+
+impl LogArgNames for ConsumerLog {
+    const LEVEL: &'static str = "PUBLICATION_LOG_LEVEL";
+    const FORMAT: &'static str = "PUBLICATION_LOG_FORMAT";
+}
 
 /// A Prompt Publication Service consumer: batch-ingested events in, datasets and their
 /// embargo-release times out, and an HTTP API of what is ready to publish.
 #[derive(Debug, Parser)]
 #[command(name = "publication-consumer", version, about)]
 pub struct Cli {
-    /// Log level (error, warn, info, debug, trace); `RUST_LOG` takes a full filter instead.
-    #[arg(
-        long,
-        global = true,
-        env = "PUBLICATION_LOG_LEVEL",
-        default_value = "info"
-    )]
-    pub log_level: String,
-
-    /// Log format: `json` (one object per line), `text`, or `auto` (text on a terminal, JSON
-    /// otherwise).
-    #[arg(
-        long,
-        global = true,
-        env = "PUBLICATION_LOG_FORMAT",
-        value_enum,
-        default_value_t = LogFormat::Auto
-    )]
-    pub log_format: LogFormat,
+    /// `--log-level` (`PUBLICATION_LOG_LEVEL`) and `--log-format` (`PUBLICATION_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: LogArgs<ConsumerLog>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -68,38 +78,19 @@ pub struct ServeArgs {
     #[arg(long, env = "BUTLER_REPOSITORY")]
     pub butler_repository: String,
 
-    /// Kafka bootstrap servers, `host:port[,host:port...]`.
-    #[arg(long, env = "KAFKA_CLUSTER")]
-    pub kafka_cluster: String,
+    /// The broker: `--kafka-cluster` (`KAFKA_CLUSTER`), `--kafka-username` (`KAFKA_USERNAME`),
+    /// `--kafka-password` (`KAFKA_PASSWORD`), `--kafka-security-protocol`, `--kafka-ca-file`,
+    /// `--kafka-option`.
+    #[command(flatten)]
+    pub kafka: KafkaArgs<ConsumerKafka>,
 
     /// The topic of batch-ingested events.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = DEFAULT_TOPIC)]
+    #[arg(long, env = "KAFKA_TOPIC", default_value = EVENTS_TOPIC)]
     pub kafka_topic: String,
 
     /// The consumer group (its own: offsets are committed after the state is stored).
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = DEFAULT_GROUP_ID)]
     pub kafka_group_id: String,
-
-    /// SCRAM-SHA-512 user; with `--kafka-password`, or neither.
-    #[arg(long, env = "KAFKA_USERNAME")]
-    pub kafka_username: Option<String>,
-
-    /// SCRAM-SHA-512 password (never printed).
-    #[arg(long, env = "KAFKA_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
-    pub kafka_password: Option<SecretString>,
-
-    /// `security.protocol`; by default `sasl_plaintext` with credentials (`sasl_ssl` with a CA
-    /// file) and `plaintext` without (`ssl` with a CA file).
-    #[arg(long, env = "PUBLICATION_KAFKA_SECURITY_PROTOCOL", value_enum)]
-    pub kafka_security_protocol: Option<SecurityProtocol>,
-
-    /// CA certificate (PEM) for TLS to the brokers.
-    #[arg(long, env = "PUBLICATION_KAFKA_CA_FILE")]
-    pub kafka_ca_file: Option<PathBuf>,
-
-    /// Extra librdkafka consumer property, `key=value`; repeatable.
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
-    pub kafka_options: Vec<(String, String)>,
 
     /// The directory the writer writes batch files to (the writer's variable); an event's
     /// `batch_file` is relative to it. Local path or `s3://[profile@]bucket/prefix/`.
@@ -163,20 +154,17 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// Validated settings, or one line saying what to change.
-    pub fn into_settings(self) -> Result<Settings, String> {
-        let kafka = KafkaSettings::from_parts(
-            self.kafka_cluster,
-            self.kafka_username,
-            self.kafka_password,
-            self.kafka_security_protocol,
-            self.kafka_ca_file,
-        )?;
-        let kafka = KafkaSettings {
-            extra: self.kafka_options,
-            ..kafka
-        };
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let kafka = self.kafka.into_settings()?;
         let embargo = hours(self.embargo_hours)
-            .ok_or_else(|| "EMBARGO_HOURS must be a number of hours >= 0".to_owned())?;
+            .ok_or_else(|| ConfigError::new("EMBARGO_HOURS must be a number of hours >= 0"))?;
+        let mut database = PoolSettings {
+            max_connections: self.db_max_connections,
+            ..PoolSettings::default()
+        };
+        if self.db_auth.is_some() {
+            database.auth_file = self.db_auth;
+        }
         let settings = Settings {
             butler_repository: self.butler_repository,
             kafka,
@@ -188,10 +176,7 @@ impl ServeArgs {
                 .filter(|u| !u.is_empty())
                 .map(SecretString::from),
             schema: self.schema,
-            db_auth: self
-                .db_auth
-                .or_else(butler_writer::db_auth::default_auth_file),
-            db_max_connections: self.db_max_connections,
+            database,
             embargo,
             origins: self
                 .origins
@@ -220,7 +205,7 @@ impl ServeArgs {
 
 /// Starts logging to stderr: `RUST_LOG` if set, else the `--log-level` (as the writer does).
 pub fn init_tracing(cli: &Cli) {
-    butler_writer::cli::init_logging(&cli.log_level, cli.log_format);
+    cli.log.init();
 }
 
 /// Runs a parsed command line. Exit status 0 after a clean stop, 1 on a fatal error, 2 on a
@@ -232,30 +217,11 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let settings = match args.into_settings() {
-        Ok(settings) => settings,
-        Err(message) => {
-            eprintln!("publication-consumer: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    let service = tokio::select! {
-        started = Service::start(settings) => match started {
-            Ok(service) => service,
-            Err(error) => return fail(&error),
-        },
-        () = termination() => return ExitCode::SUCCESS,
-    };
-    match service.run_until(termination()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => fail(&error),
-    }
+    service_kit::lifecycle::serve(PROGRAM, args.into_settings(), Service::start).await
 }
 
-fn fail(error: &ServiceError) -> ExitCode {
-    eprintln!("publication-consumer: {error}");
-    ExitCode::from(1)
-}
+/// How the consumer names itself on stderr.
+const PROGRAM: &str = "publication-consumer";
 
 #[cfg(test)]
 mod tests {
@@ -268,7 +234,7 @@ mod tests {
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         match cli.command {
-            Command::Serve(args) => args.into_settings(),
+            Command::Serve(args) => args.into_settings().map_err(|e| service_kit::chain(&e)),
         }
     }
 
@@ -307,7 +273,7 @@ mod tests {
         let settings = parse(&args).expect("valid");
         assert_eq!(
             settings.kafka.security_protocol,
-            super::SecurityProtocol::SaslPlaintext
+            service_kit::SecurityProtocol::SaslPlaintext
         );
         assert!(!format!("{settings:?}").contains("hunter2"));
         let mut args = REQUIRED.to_vec();

@@ -13,149 +13,106 @@
 //! Rebalance callbacks only do bookkeeping (readiness, lag). A revoked partition's event in hand
 //! is still stored; its commit may fail, and the next owner finds the batch recorded.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use butler_writer::service::consumer::is_fatal_code;
-use butler_writer::service::pipeline::Backoff;
+use butler_repository::{DatabaseError, ErrorClass};
 use chrono::Utc;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use resources::ResourcePath;
 use schema::{BatchIngestedEvent, DatasetBatch, DecodeError};
-use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use service_kit::context::{KafkaContext, KafkaRefused};
+use service_kit::health::Dependency;
+use service_kit::kafka::is_fatal_code;
+use service_kit::retry::sleep_unless_cancelled;
+use service_kit::{Backoff, CancellationToken, Chain, Health};
+use tracing::{error, info, warn};
 
-use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model;
-use crate::registry::RegistryReader;
+use crate::registry::{APPLICATION_NAME, RegistryReader};
 use crate::settings::Settings;
 use crate::store::{BatchInfo, EventPlace, FailedEvent, Store};
 
-/// The consumer's context: logging, lag and readiness; no work in callbacks.
-#[derive(Debug)]
-pub struct EventsContext {
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    topic: String,
-    /// Set when Kafka refuses the credentials or permissions: no retry heals that.
-    fatal: Mutex<Option<String>>,
-}
-
-impl EventsContext {
-    /// Why the consumer must stop, if it must.
-    pub fn fatal(&self) -> Option<String> {
-        self.fatal.lock().ok().and_then(|f| f.clone())
-    }
-
-    fn set_fatal(&self, message: String) {
-        if let Ok(mut slot) = self.fatal.lock() {
-            slot.get_or_insert(message);
-        }
-    }
-}
-
-impl ClientContext for EventsContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        if code.is_some_and(is_fatal_code) {
-            error!(%error, reason, "Kafka refused the consumer's credentials or permissions");
-            self.set_fatal(format!("Kafka: {reason} ({error})"));
-        } else if code == Some(RDKafkaErrorCode::AllBrokersDown) {
-            warn!(reason, "every broker is down");
-            self.health
-                .set_broker(false, Some(format!("Kafka: {reason}")));
-        } else {
-            warn!(%error, reason, "Kafka client error");
-        }
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                error!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Warning => {
-                warn!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            _ => debug!(target: "librdkafka", facility = fac, "{log_message}"),
-        }
-    }
-
-    fn stats(&self, statistics: Statistics) {
-        butler_writer::service::consumer::report_statistics(
-            &statistics,
-            &self.topic,
-            |up, problem| self.health.set_broker(up, problem),
-            &self.metrics.consumer_lag,
-        );
-    }
-}
-
-impl ConsumerContext for EventsContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(partitions) => {
-                self.health.set_assignment(None);
-                info!(partitions = partitions.count(), "partitions revoked");
-            }
-            Rebalance::Assign(partitions) => {
-                self.health.set_assignment(Some(partitions.count()));
-                self.metrics.consumer_lag.clear();
-                info!(partitions = partitions.count(), "partitions assigned");
-            }
-            Rebalance::Error(error) => warn!(%error, "rebalance error"),
-        }
-    }
-}
-
 /// The consumer.
-pub type EventsConsumer = rdkafka::consumer::StreamConsumer<EventsContext>;
+pub type EventsConsumer = rdkafka::consumer::StreamConsumer<KafkaContext>;
+
+/// Why the consume loop stopped: a reason no retry heals.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// Kafka refused the credentials or permissions.
+    #[error(transparent)]
+    Kafka(#[from] KafkaRefused),
+    /// A database refused the consumer for good (a revoked grant, a table or column gone).
+    #[error("the {stage} refused the consumer")]
+    Database {
+        /// `database` (the state) or `registry`.
+        stage: &'static str,
+        /// The refusal.
+        #[source]
+        source: DatabaseError,
+    },
+    /// librdkafka refused to create or subscribe the consumer.
+    #[error("cannot {doing}")]
+    Client {
+        /// What was being done.
+        doing: String,
+        /// Why.
+        #[source]
+        source: KafkaError,
+    },
+}
 
 /// Creates the consumer and subscribes it to the events topic.
 pub fn create_consumer(
     settings: &Settings,
     health: &Arc<Health>,
     metrics: &Arc<Metrics>,
-) -> Result<EventsConsumer, String> {
+) -> Result<EventsConsumer, ConsumeError> {
     // Waiting for a late batch file must not cost the group membership, or the wait would start
     // over after every rejoin: allow the whole wait plus a margin between polls.
     let max_poll_ms = (settings.batch_file_wait + Duration::from_secs(300))
         .as_millis()
         .clamp(300_000, 86_400_000)
         .to_string();
-    let mut config = settings.kafka.client_config(&[
-        ("client.id", "publication-consumer"),
-        ("group.id", &settings.group_id),
-        ("enable.auto.commit", "false"),
-        ("enable.auto.offset.store", "false"),
-        ("auto.offset.reset", "earliest"),
-        // Only events of committed writer transactions (the deployed writer is transactional).
-        ("isolation.level", "read_committed"),
-        ("max.poll.interval.ms", &max_poll_ms),
-        ("statistics.interval.ms", "5000"),
-    ]);
+    let mut config = settings.kafka.client_config(
+        APPLICATION_NAME,
+        &[
+            ("group.id", &settings.group_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            // Only events of committed writer transactions (the deployed writer is transactional).
+            ("isolation.level", "read_committed"),
+            ("max.poll.interval.ms", &max_poll_ms),
+            ("statistics.interval.ms", "5000"),
+        ],
+    );
     config.set_log_level(RDKafkaLogLevel::Warning);
-    let consumer: EventsConsumer = config
-        .create_with_context(EventsContext {
-            health: Arc::clone(health),
-            metrics: Arc::clone(metrics),
-            topic: settings.topic.clone(),
-            fatal: Mutex::new(None),
-        })
-        .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
+    let context = KafkaContext::new(
+        Arc::clone(health),
+        metrics.common.consumer_lag.clone(),
+        settings.topic.clone(),
+        (),
+    );
+    let consumer: EventsConsumer =
+        config
+            .create_with_context(context)
+            .map_err(|source| ConsumeError::Client {
+                doing: "create the Kafka consumer".to_owned(),
+                source,
+            })?;
     consumer
         .subscribe(&[&settings.topic])
-        .map_err(|e| format!("cannot subscribe to {}: {e}", settings.topic))?;
+        .map_err(|source| ConsumeError::Client {
+            doing: format!("subscribe to {}", settings.topic),
+            source,
+        })?;
     Ok(consumer)
 }
 
@@ -190,8 +147,8 @@ pub struct Processor {
     pub health: Arc<Health>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Becomes true when a shutdown is requested.
-    pub stop: watch::Receiver<bool>,
+    /// Fires when a shutdown is requested.
+    pub shutdown: CancellationToken,
 }
 
 /// Payloads longer than this are cut before they are stored with a failed event.
@@ -199,68 +156,9 @@ const PAYLOAD_CAP: usize = 4096;
 
 impl Processor {
     /// Runs until a shutdown is requested, then commits what was stored; stops with the reason
-    /// when Kafka refuses the credentials or permissions.
-    pub async fn run(self, consumer: Arc<EventsConsumer>) -> Result<(), String> {
-        let mut broker_backoff = Backoff::new(self.settings.retry);
-        let mut result = Ok(());
-        loop {
-            self.health.beat();
-            if *self.stop.borrow() {
-                break;
-            }
-            if let Some(fatal) = consumer.context().fatal() {
-                result = Err(fatal);
-                break;
-            }
-            let mut stop = self.stop.clone();
-            let received = tokio::select! {
-                received = tokio::time::timeout(Duration::from_secs(1), consumer.recv()) => received,
-                _ = stop.changed() => break,
-            };
-            let message = match received {
-                Err(_) => continue, // idle: beat and look at the stop flag again
-                Ok(Err(e)) => {
-                    if e.rdkafka_error_code().is_some_and(is_fatal_code) {
-                        result = Err(format!("Kafka: {e}"));
-                        break;
-                    }
-                    let wait = broker_backoff.next_wait();
-                    warn!(error = %e, wait_ms = wait.as_millis(), "cannot read events; waiting");
-                    self.health.set_broker(false, Some(e.to_string()));
-                    self.sleep(wait).await;
-                    continue;
-                }
-                Ok(Ok(message)) => message.detach(),
-            };
-            broker_backoff = Backoff::new(self.settings.retry);
-            let started = Instant::now();
-            if self.handle(&message).await == Handled::Interrupted {
-                break;
-            }
-            let mut offsets = TopicPartitionList::new();
-            if let Err(e) = offsets.add_partition_offset(
-                message.topic(),
-                message.partition(),
-                Offset::Offset(message.offset() + 1),
-            ) {
-                warn!(error = %e, "cannot name the offset to commit");
-                continue;
-            }
-            // Asynchronous: the state is already stored, so a lost commit only means the event
-            // comes back and is found recorded.
-            if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
-                warn!(error = %e, offset = message.offset(), "the offset commit failed; the event will be seen again");
-            }
-            self.metrics
-                .event_seconds
-                .observe(started.elapsed().as_secs_f64());
-            if let Some(ms) = message.timestamp().to_millis() {
-                let age = (Utc::now().timestamp_millis() - ms).max(0);
-                self.metrics
-                    .event_age_seconds
-                    .observe(Duration::from_millis(age.unsigned_abs()).as_secs_f64());
-            }
-        }
+    /// when Kafka refuses the credentials or permissions, or a database refuses for good.
+    pub async fn run(self, consumer: Arc<EventsConsumer>) -> Result<(), ConsumeError> {
+        let result = self.consume(&consumer).await;
         // Everything committed asynchronously so far, flushed before the consumer closes.
         let consumer_for_commit = Arc::clone(&consumer);
         let flushed = tokio::task::spawn_blocking(move || {
@@ -275,21 +173,62 @@ impl Processor {
         result
     }
 
-    /// Sleeps for `wait`, or less when a shutdown is requested.
-    async fn sleep(&self, wait: Duration) {
-        let mut stop = self.stop.clone();
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
+    /// The loop: one event at a time, its offset committed once its outcome is stored.
+    async fn consume(&self, consumer: &EventsConsumer) -> Result<(), ConsumeError> {
+        let mut broker_backoff = Backoff::new(self.settings.retry);
+        loop {
+            self.health.beat();
+            if let Some(refused) = consumer.context().fatal().get() {
+                return Err(refused.into());
+            }
+            let received = tokio::select! {
+                received = tokio::time::timeout(Duration::from_secs(1), consumer.recv()) => received,
+                () = self.shutdown.cancelled() => return Ok(()),
+            };
+            let message = match received {
+                Err(_) => continue, // idle: beat and look at the shutdown and fatal flags again
+                Ok(Err(e)) => {
+                    if e.rdkafka_error_code().is_some_and(is_fatal_code) {
+                        consumer.context().fatal().report("consumer's request", e);
+                        continue;
+                    }
+                    warn!(error = %e, "cannot read events; waiting");
+                    self.health
+                        .set(Dependency::Broker, false, Some(e.to_string()));
+                    broker_backoff.wait(&self.shutdown).await;
+                    continue;
+                }
+                Ok(Ok(message)) => message.detach(),
+            };
+            broker_backoff = Backoff::new(self.settings.retry);
+            let started = Instant::now();
+            if self.handle(&message).await? == Handled::Interrupted {
+                return Ok(());
+            }
+            commit(consumer, &message);
+            self.metrics
+                .event_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if let Some(ms) = message.timestamp().to_millis() {
+                let age = (Utc::now().timestamp_millis() - ms).max(0);
+                self.metrics
+                    .event_age_seconds
+                    .observe(Duration::from_millis(age.unsigned_abs()).as_secs_f64());
+            }
         }
     }
 
+    /// Sleeps for `wait`, or less when a shutdown is requested.
+    async fn sleep(&self, wait: Duration) {
+        sleep_unless_cancelled(wait, &self.shutdown).await;
+    }
+
     fn stopping(&self) -> bool {
-        *self.stop.borrow()
+        self.shutdown.is_cancelled()
     }
 
     /// Handles one event to the point where its outcome is stored.
-    pub async fn handle(&self, message: &OwnedMessage) -> Handled {
+    pub async fn handle(&self, message: &OwnedMessage) -> Result<Handled, ConsumeError> {
         let place = EventPlace {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -301,36 +240,40 @@ impl Processor {
             Err(skip) => return self.skip(&place, &skip, None, payload).await,
         };
         let Some(done) = self
-            .retry("database", |s| {
-                let store = s.store.clone();
-                async move { store.has_batch(event.batch_id).await }
-            })
-            .await
+            .retry("database", || self.store.has_batch(event.batch_id))
+            .await?
         else {
-            return Handled::Interrupted;
+            return Ok(Handled::Interrupted);
         };
         if done {
             self.metrics.events_duplicate.inc();
             info!(batch_id = %event.batch_id, partition = place.partition, offset = place.offset, "batch already recorded; event skipped");
-            return Handled::Done;
+            return Ok(Handled::Done);
         }
         let read_started = Instant::now();
         let batch = match self.read_batch(&event).await {
             Ok(Some(batch)) => batch,
-            Ok(None) => return Handled::Interrupted,
+            Ok(None) => return Ok(Handled::Interrupted),
             Err(skip) => return self.skip(&place, &skip, Some(&event), payload).await,
         };
         let read_ms = read_started.elapsed().as_millis();
+        self.record(&event, &batch, &place, read_ms).await
+    }
+
+    /// Looks a batch's datasets up in the registry and records them with the batch.
+    async fn record(
+        &self,
+        event: &BatchIngestedEvent,
+        batch: &DatasetBatch,
+        place: &EventPlace,
+        read_ms: u128,
+    ) -> Result<Handled, ConsumeError> {
         let lookup_started = Instant::now();
         let Some(found) = self
-            .retry("registry", |s| {
-                let registry = s.registry.clone();
-                let ids = batch.datasets.clone();
-                async move { registry.lookup(&ids).await }
-            })
-            .await
+            .retry("registry", || self.registry.lookup(&batch.datasets))
+            .await?
         else {
-            return Handled::Interrupted;
+            return Ok(Handled::Interrupted);
         };
         let lookup_ms = lookup_started.elapsed().as_millis();
         let records = model::records(&batch.datasets, &found, self.settings.embargo);
@@ -341,21 +284,17 @@ impl Processor {
             batch_id: event.batch_id,
             origin: &event.origin,
             batch_file: &event.batch_file,
-            place: &place,
+            place,
         };
         let now = self.settings.clock.now();
         let store_started = Instant::now();
         let Some(recorded) = self
-            .retry("database", |s| {
-                let store = s.store.clone();
-                let info = info.clone();
-                let records = &records;
-                async move { store.record_batch(&info, records, now).await }
-            })
-            .await
+            .retry("database", || self.store.record_batch(&info, &records, now))
+            .await?
         else {
-            return Handled::Interrupted;
+            return Ok(Handled::Interrupted);
         };
+        #[allow(clippy::cast_precision_loss)]
         self.metrics
             .batch_datasets
             .observe(batch.datasets.len() as f64);
@@ -378,15 +317,15 @@ impl Processor {
             store_ms = store_started.elapsed().as_millis(),
             "batch recorded"
         );
-        Handled::Done
+        Ok(Handled::Done)
     }
 
     /// Reads the event's batch file, waiting for it while it is missing; `Ok(None)` when a
     /// shutdown interrupted the wait.
     async fn read_batch(&self, event: &BatchIngestedEvent) -> Result<Option<DatasetBatch>, Skip> {
-        let path = batch_path(&self.batch_directory, &event.batch_file).map_err(|detail| Skip {
+        let path = batch_path(&self.batch_directory, &event.batch_file).map_err(|e| Skip {
             reason: "batch_file_name",
-            detail,
+            detail: Chain(&e).to_string(),
         })?;
         let started = Instant::now();
         let mut backoff = Backoff::new(self.settings.retry);
@@ -394,13 +333,14 @@ impl Processor {
             self.health.beat();
             match path.read().await {
                 Ok(bytes) => {
-                    self.health.set_storage(true, None);
+                    self.health.set(Dependency::Storage, true, None);
                     break bytes;
                 }
                 Err(e) if e.is_transient() => {
                     let wait = backoff.next_wait();
                     warn!(error = %e, file = %path, wait_ms = wait.as_millis(), "storage is unavailable; waiting");
-                    self.health.set_storage(false, Some(e.to_string()));
+                    self.health
+                        .set(Dependency::Storage, false, Some(e.to_string()));
                     self.metrics.retry("batch_file");
                     self.sleep(wait).await;
                 }
@@ -459,7 +399,7 @@ impl Processor {
         skip: &Skip,
         event: Option<&BatchIngestedEvent>,
         payload: &[u8],
-    ) -> Handled {
+    ) -> Result<Handled, ConsumeError> {
         error!(
             reason = skip.reason,
             detail = %skip.detail,
@@ -485,55 +425,59 @@ impl Processor {
         };
         let now = self.settings.clock.now();
         let stored = self
-            .retry("database", |s| {
-                let store = s.store.clone();
-                let failed = failed.clone();
-                async move { store.record_failed(&failed, now).await }
-            })
-            .await;
-        match stored {
+            .retry("database", || self.store.record_failed(&failed, now))
+            .await?;
+        Ok(match stored {
             Some(_) => {
                 let retried = matches!(skip.reason, "batch_file_missing" | "batch_file_unreadable");
                 self.metrics.failed(skip.reason, retried);
                 Handled::Done
             }
             None => Handled::Interrupted,
-        }
+        })
     }
 
-    /// Runs `op` until it succeeds, waiting with backoff; `None` when a shutdown interrupted.
-    /// Failures mark the stage's service unavailable (readiness false) until it answers.
-    async fn retry<'a, T, F, Fut>(&'a self, stage: &'static str, mut op: F) -> Option<T>
+    /// Runs `op` until it succeeds, waiting with backoff; `Ok(None)` when a shutdown
+    /// interrupted. Failures mark the stage's dependency unavailable (readiness false) until it
+    /// answers; a failure retrying cannot heal (a revoked grant, a table or column gone) stops
+    /// the consumer with the reason instead of looping on it.
+    async fn retry<T, F, Fut>(
+        &self,
+        stage: &'static str,
+        mut op: F,
+    ) -> Result<Option<T>, ConsumeError>
     where
-        F: FnMut(&'a Self) -> Fut,
-        Fut: Future<Output = anyhow::Result<T>> + 'a,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, DatabaseError>>,
     {
         let mut backoff = Backoff::new(self.settings.retry);
         let mut failing = false;
         loop {
-            match op(self).await {
+            match op().await {
                 Ok(value) => {
                     if failing {
                         info!(stage, "available again");
                     }
                     self.set_stage(stage, true, None);
-                    return Some(value);
+                    return Ok(Some(value));
                 }
-                Err(e) => {
+                Err(error) if error.class() == ErrorClass::Stop => {
+                    return Err(ConsumeError::Database {
+                        stage,
+                        source: error,
+                    });
+                }
+                Err(error) => {
                     failing = true;
                     let wait = backoff.next_wait();
-                    warn!(
-                        stage,
-                        error = format!("{e:#}"),
-                        wait_ms = wait.as_millis(),
-                        "unavailable; retrying"
-                    );
-                    self.set_stage(stage, false, Some(format!("{stage}: {e:#}")));
+                    let text = Chain(&error).to_string();
+                    warn!(stage, error = %text, wait_ms = wait.as_millis(), "unavailable; retrying");
+                    self.set_stage(stage, false, Some(format!("{stage}: {text}")));
                     self.metrics.retry(stage);
                     self.health.beat();
                     self.sleep(wait).await;
                     if self.stopping() {
-                        return None;
+                        return Ok(None);
                     }
                 }
             }
@@ -541,10 +485,28 @@ impl Processor {
     }
 
     fn set_stage(&self, stage: &str, ok: bool, problem: Option<String>) {
-        match stage {
-            "registry" => self.health.set_registry(ok, problem),
-            _ => self.health.set_database(ok, problem),
-        }
+        let dependency = match stage {
+            "registry" => Dependency::Registry,
+            _ => Dependency::Database,
+        };
+        self.health.set(dependency, ok, problem);
+    }
+}
+
+/// Commits the offset after `message`. Asynchronous: the state is already stored, so a lost
+/// commit only means the event comes back and is found recorded.
+fn commit(consumer: &EventsConsumer, message: &OwnedMessage) {
+    let mut offsets = TopicPartitionList::new();
+    if let Err(e) = offsets.add_partition_offset(
+        message.topic(),
+        message.partition(),
+        Offset::Offset(message.offset() + 1),
+    ) {
+        warn!(error = %e, "cannot name the offset to commit");
+        return;
+    }
+    if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+        warn!(error = %e, offset = message.offset(), "the offset commit failed; the event will be seen again");
     }
 }
 
@@ -579,11 +541,25 @@ fn decode(payload: &[u8], origins: &[String]) -> Result<BatchIngestedEvent, Skip
     Ok(event)
 }
 
+/// An event's batch file name that does not name a file.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchPathError {
+    /// The name is empty.
+    #[error("the event names no batch file")]
+    Empty,
+    /// The name is not a usable location.
+    #[error("batch file {0:?}")]
+    Invalid(String, #[source] resources::Error),
+}
+
 /// Where an event's batch file is: its `batch_file` relative to the batch directory, or itself
 /// when it is an absolute path or a URI.
-pub fn batch_path(directory: &ResourcePath, batch_file: &str) -> Result<ResourcePath, String> {
+pub fn batch_path(
+    directory: &ResourcePath,
+    batch_file: &str,
+) -> Result<ResourcePath, BatchPathError> {
     if batch_file.is_empty() {
-        return Err("the event names no batch file".to_owned());
+        return Err(BatchPathError::Empty);
     }
     let absolute = batch_file.starts_with('/') || batch_file.contains("://");
     let path = if absolute {
@@ -591,7 +567,7 @@ pub fn batch_path(directory: &ResourcePath, batch_file: &str) -> Result<Resource
     } else {
         directory.join(batch_file)
     };
-    path.map_err(|e| format!("batch file {batch_file:?}: {e}"))
+    path.map_err(|e| BatchPathError::Invalid(batch_file.to_owned(), e))
 }
 
 #[cfg(test)]
@@ -625,10 +601,9 @@ mod tests {
     }
 
     #[test]
-    fn batch_files_are_relative_to_the_directory_unless_absolute() -> Result<(), String> {
-        let dir = ResourcePath::parse("/data/batches/")
-            .map_err(|e| e.to_string())?
-            .as_dir();
+    fn batch_files_are_relative_to_the_directory_unless_absolute()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = ResourcePath::parse("/data/batches/")?.as_dir();
         assert_eq!(
             batch_path(&dir, "a.json")?.to_string(),
             "/data/batches/a.json"

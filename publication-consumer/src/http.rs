@@ -5,25 +5,21 @@
 //! "Now" is the service's [`Clock`]: embargo statuses and "ready" are computed at the clock's
 //! time, which tests move past the embargo.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
+use butler_repository::DatabaseError;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use service_kit::Chain;
+use service_kit::http::{Metadata, OPERATIONS_ROUTES, Operations, operations};
 use tracing::warn;
 use uuid::Uuid;
 
-use butler_writer::service::http::{liveness, readiness_response};
-
 use crate::clock::Clock;
-use crate::health::Health;
-use crate::metrics::Metrics;
 use crate::store::{DatasetQuery, DatasetView, Store};
 
 /// The OpenAPI 3 description of [`ROUTES`].
@@ -48,37 +44,27 @@ pub const DEFAULT_LIMIT: i64 = 100;
 /// Largest page size.
 pub const MAX_LIMIT: i64 = 1000;
 
-/// What the handlers read.
+/// What the API's handlers read.
 #[derive(Debug, Clone)]
 pub struct HttpState {
     /// The state database.
     pub store: Store,
-    /// Readiness and liveness.
-    pub health: Arc<Health>,
-    /// The metrics.
-    pub metrics: Arc<Metrics>,
     /// "Now".
     pub clock: Clock,
-    /// `/healthz` fails when the consume loop has not turned for this long.
-    pub stall_timeout: Duration,
 }
 
-/// The routes.
-pub fn router(state: HttpState) -> Router {
+/// The routes: the service kit's operations endpoints and the API.
+pub fn router(state: HttpState, operations_state: Operations) -> Router {
     ROUTES
         .iter()
-        .fold(Router::new(), |router, path| {
-            router.route(path, handler(path))
+        .filter(|path| !OPERATIONS_ROUTES.contains(path))
+        .fold(operations(operations_state), |router, path| {
+            router.route(path, handler(path).with_state(state.clone()))
         })
-        .with_state(state)
 }
 
 fn handler(path: &str) -> MethodRouter<HttpState> {
     match path {
-        "/" => get(metadata),
-        "/healthz" => get(healthz),
-        "/readyz" => get(readyz),
-        "/metrics" => get(metrics),
         "/openapi.json" => get(openapi),
         "/api/v1/counts" => get(counts),
         "/api/v1/datasets/ready" => get(ready),
@@ -102,54 +88,35 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
-fn unavailable(error: &anyhow::Error) -> ApiError {
-    warn!(error = format!("{error:#}"), "an API query failed");
+fn unavailable(error: &DatabaseError) -> ApiError {
+    let text = Chain(error).to_string();
+    warn!(error = %text, "an API query failed");
     ApiError(
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("the state database did not answer: {error:#}"),
+        format!("the state database did not answer: {text}"),
     )
 }
 
-async fn metadata() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "name": "publication-consumer",
-        "version": crate::VERSION,
-        "description": env!("CARGO_PKG_DESCRIPTION"),
-        "repository_url": env!("CARGO_PKG_REPOSITORY"),
-        "documentation_url": concat!(env!("CARGO_PKG_REPOSITORY"), "/tree/main/publication-consumer"),
-        "links": {
+/// `/`: what this service is, and where its API is.
+pub fn metadata() -> Metadata {
+    Metadata {
+        name: "publication-consumer",
+        version: crate::VERSION,
+        description: env!("CARGO_PKG_DESCRIPTION"),
+        repository_url: env!("CARGO_PKG_REPOSITORY"),
+        documentation_url: concat!(
+            env!("CARGO_PKG_REPOSITORY"),
+            "/tree/main/publication-consumer"
+        ),
+        links: Some(serde_json::json!({
             "openapi": "/openapi.json",
             "counts": "/api/v1/counts",
             "ready": "/api/v1/datasets/ready",
             "health": "/healthz",
             "readiness": "/readyz",
             "metrics": "/metrics",
-        },
-    }))
-}
-
-async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    liveness(state.health.since_heartbeat(), state.stall_timeout)
-}
-
-async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    let readiness = state.health.readiness();
-    state.metrics.ready.set(i64::from(readiness.ready));
-    readiness_response(readiness.ready, readiness)
-}
-
-async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    state
-        .metrics
-        .ready
-        .set(i64::from(state.health.readiness().ready));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+        })),
+    }
 }
 
 async fn openapi() -> impl IntoResponse {

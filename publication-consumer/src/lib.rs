@@ -9,16 +9,16 @@
 //! - [`registry`]: read-only lookups in the Butler registry.
 //! - [`model`]: what is recorded about a dataset, and its embargo-release time (pure).
 //! - [`store`]: the state schema, its migrations, the per-event transaction, the API's queries.
-//! - [`http`]: the API (`/api/v1/...`), `/openapi.json` and the operations endpoints.
-//! - [`health`], [`metrics`]: what operators see; [`clock`]: "now", injectable.
+//! - [`http`]: the API (`/api/v1/...`) and `/openapi.json`, beside the service kit's operations
+//!   endpoints (`/`, `/healthz`, `/readyz`, `/metrics`).
+//! - [`metrics`]: what operators see; [`clock`]: "now", injectable.
 //!
-//! [`Service::start`] opens everything and returns once the consumer is running; tests drive it
-//! through [`Service::http_address`], [`Service::shutdown`] and [`Service::wait`].
+//! [`Service::start`] opens everything and returns once the consumer is running; `serve` and
+//! tests drive it through [`ServiceHandle`] (its address, health, shutdown and end).
 
 pub mod cli;
 pub mod clock;
 pub mod consume;
-pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -27,107 +27,130 @@ pub mod settings;
 pub mod store;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use butler_writer::ButlerConfig;
-use butler_writer::service::pipeline::Backoff;
+use butler_repository::{ButlerConfig, ErrorClass, RepositoryError};
 use rdkafka::consumer::Consumer;
 use resources::ResourcePath;
 use secrecy::ExposeSecret;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use service_kit::health::Dependency;
+use service_kit::http::{BindError, HttpServer, Operations};
+use service_kit::lifecycle::run_to_end;
+use service_kit::metrics::Exposition;
+use service_kit::{
+    Backoff, CancellationToken, Chain, ConfigError, Health, Running, ServiceHandle, TaskFailed,
+};
 use tracing::{error, info, warn};
 
 pub use clock::Clock;
 pub use settings::Settings;
 pub use store::{Counts, Store};
 
-use self::consume::Processor;
-use self::health::Health;
+use self::consume::{ConsumeError, EventsConsumer, Processor};
 use self::metrics::Metrics;
 use self::registry::{RegistryReader, StartError};
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Why the service could not start or stopped.
+/// Why the service could not start, or stopped: each a reason retrying cannot help. An
+/// operator gets it on one line with its causes ([`service_kit::chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// Configuration, credentials, permissions: retrying cannot help.
-    #[error("{0}")]
-    Fatal(String),
+    /// A setting cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `butler.yaml` cannot be read or used.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    /// The registry or the state database cannot be opened.
+    #[error("cannot open the {what}")]
+    Open {
+        /// `registry` or `state database`.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: StartError,
+    },
+    /// The HTTP API cannot listen.
+    #[error(transparent)]
+    Http(#[from] BindError),
+    /// The consume loop stopped on an error.
+    #[error(transparent)]
+    Consume(#[from] ConsumeError),
+    /// A task of the service failed.
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
 }
 
-/// A running consumer.
+/// A running consumer. Its address, health, shutdown and end are [`ServiceHandle`]'s.
 #[derive(Debug)]
 pub struct Service {
-    http_address: SocketAddr,
-    health: Arc<Health>,
     metrics: Arc<Metrics>,
     store: Store,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), ServiceError>>,
+    running: Running<ServiceError>,
 }
 
 impl Service {
     /// Validates the settings, opens the registry and the state database (waiting while either
     /// is unavailable), migrates the state schema, binds the HTTP API and starts consuming.
     pub async fn start(settings: Settings) -> Result<Self, ServiceError> {
-        settings.validate().map_err(ServiceError::Fatal)?;
+        settings.validate()?;
         let settings = Arc::new(settings);
-        let health = Arc::new(Health::new());
+        let health = Arc::new(Health::new(&[
+            Dependency::Database,
+            Dependency::Registry,
+            Dependency::Storage,
+            Dependency::Broker,
+        ]));
         let metrics = Arc::new(Metrics::new());
 
-        let config = ButlerConfig::load(&settings.butler_repository)
-            .await
-            .map_err(|e| ServiceError::Fatal(e.to_string()))?;
+        let config = ButlerConfig::load(&settings.butler_repository).await?;
         let batch_directory = ResourcePath::parse(&settings.batch_directory)
-            .map_err(|e| ServiceError::Fatal(format!("OUTPUT_DATASET_LIST_DIRECTORY: {e}")))?
+            .map_err(|e| ConfigError::caused_by("OUTPUT_DATASET_LIST_DIRECTORY", e))?
             .as_dir();
-        let auth = settings.db_auth.as_deref();
         let registry = wait_for(&settings, "registry", || {
-            RegistryReader::connect(&config, auth, settings.db_max_connections)
+            RegistryReader::connect(&config, &settings.database)
         })
         .await?;
-        health.set_registry(true, None);
+        health.set(Dependency::Registry, true, None);
         let state_url = settings.database_url.as_ref().map_or_else(
             || config.registry_db.clone(),
             |u| u.expose_secret().to_owned(),
         );
         let store = wait_for(&settings, "state database", || {
-            Store::open(
-                &state_url,
-                auth,
-                &settings.schema,
-                settings.db_max_connections,
-            )
+            Store::open(&state_url, &settings.database, &settings.schema)
         })
         .await?;
-        health.set_database(true, None);
+        health.set(Dependency::Database, true, None);
         info!(
             registry_schema = registry.namespace(),
             state_schema = store.schema(),
             "databases opened"
         );
 
-        let listener = tokio::net::TcpListener::bind(settings.http_address)
-            .await
-            .map_err(|e| {
-                ServiceError::Fatal(format!(
-                    "cannot listen on {} for the HTTP API: {e}",
-                    settings.http_address
-                ))
-            })?;
-        let http_address = listener
-            .local_addr()
-            .map_err(|e| ServiceError::Fatal(format!("HTTP listener: {e}")))?;
-
-        let consumer = Arc::new(
-            consume::create_consumer(&settings, &health, &metrics).map_err(ServiceError::Fatal)?,
+        let http_stop = CancellationToken::new();
+        let router = http::router(
+            http::HttpState {
+                store: store.clone(),
+                clock: settings.clock.clone(),
+            },
+            Operations {
+                metadata: http::metadata(),
+                health: Arc::clone(&health),
+                metrics: Arc::clone(&metrics) as Arc<dyn Exposition>,
+                // A batch file may keep the loop waiting for `batch_file_wait`; it beats while
+                // it waits, but give it room.
+                stall_timeout: settings.batch_file_wait.max(Duration::from_secs(60))
+                    + Duration::from_secs(60),
+            },
         );
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let http = HttpServer::start(settings.http_address, router, http_stop.clone()).await?;
+        let http_address = http.address();
+
+        let consumer = Arc::new(consume::create_consumer(&settings, &health, &metrics)?);
+        let shutdown = CancellationToken::new();
         let processor = Processor {
             store: store.clone(),
             registry,
@@ -135,54 +158,23 @@ impl Service {
             batch_directory,
             health: Arc::clone(&health),
             metrics: Arc::clone(&metrics),
-            stop: stop_rx.clone(),
+            shutdown: shutdown.clone(),
         };
-        let router = http::router(http::HttpState {
-            store: store.clone(),
-            health: Arc::clone(&health),
-            metrics: Arc::clone(&metrics),
-            clock: settings.clock.clone(),
-            stall_timeout: settings.batch_file_wait.max(Duration::from_secs(60))
-                + Duration::from_secs(60),
-        });
-        let mut http_stop = stop_rx.clone();
-        let http_task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(e) = served {
-                error!(error = %e, "the HTTP API failed");
-            }
-        });
-        let task = tokio::spawn(supervise(
+        let task = tokio::spawn(supervise(Supervised {
             processor,
             consumer,
-            stop_rx,
-            Arc::clone(&health),
-            settings.shutdown_grace,
-            http_task,
-        ));
+            shutdown: shutdown.clone(),
+            health: Arc::clone(&health),
+            grace: settings.shutdown_grace,
+            http,
+            http_stop,
+        }));
         info!(%http_address, topic = %settings.topic, group = %settings.group_id, "publication-consumer started");
         Ok(Self {
-            http_address,
-            health,
             metrics,
             store,
-            stop: stop_tx,
-            task,
+            running: Running::new(http_address, health, shutdown, task),
         })
-    }
-
-    /// Where the HTTP API listens.
-    pub fn http_address(&self) -> SocketAddr {
-        self.http_address
-    }
-
-    /// Readiness and liveness.
-    pub fn health(&self) -> &Arc<Health> {
-        &self.health
     }
 
     /// The metrics.
@@ -194,86 +186,54 @@ impl Service {
     pub fn store(&self) -> &Store {
         &self.store
     }
+}
 
-    /// Begins a graceful shutdown: stop fetching, store the event in hand, commit, leave.
-    pub fn shutdown(&self) {
-        self.stop.send_replace(true);
+impl ServiceHandle for Service {
+    type Error = ServiceError;
+
+    fn running(&self) -> &Running<ServiceError> {
+        &self.running
     }
 
-    /// Waits for the service to end.
-    pub async fn wait(self) -> Result<(), ServiceError> {
-        match self.task.await {
-            Ok(result) => result,
-            Err(e) => Err(ServiceError::Fatal(format!("the service task failed: {e}"))),
-        }
-    }
-
-    /// Runs until `signal` completes, then shuts down gracefully.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServiceError> {
-        let Self { stop, mut task, .. } = self;
-        tokio::select! {
-            joined = &mut task => return flatten(joined),
-            () = signal => {
-                info!("shutdown requested");
-                stop.send_replace(true);
-            }
-        }
-        flatten(task.await)
+    fn into_running(self) -> Running<ServiceError> {
+        self.running
     }
 }
 
-fn flatten(
-    joined: Result<Result<(), ServiceError>, tokio::task::JoinError>,
-) -> Result<(), ServiceError> {
-    joined.unwrap_or_else(|e| Err(ServiceError::Fatal(format!("the service task failed: {e}"))))
-}
-
-/// Runs the consume loop until a shutdown; the loop gets `grace` to finish the event in hand.
-async fn supervise(
+/// What the supervising task owns.
+struct Supervised {
     processor: Processor,
-    consumer: Arc<consume::EventsConsumer>,
-    mut stop: watch::Receiver<bool>,
+    consumer: Arc<EventsConsumer>,
+    shutdown: CancellationToken,
     health: Arc<Health>,
     grace: Duration,
-    http_task: JoinHandle<()>,
-) -> Result<(), ServiceError> {
-    let mut work = tokio::spawn(processor.run(Arc::clone(&consumer)));
-    let stopped = async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    };
-    let result = tokio::select! {
-        joined = &mut work => {
-            http_task.abort();
-            match joined {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(fatal)) => Err(ServiceError::Fatal(fatal)),
-                Err(e) => Err(ServiceError::Fatal(format!("the consume loop failed: {e}"))),
-            }
-        }
-        () = stopped => {
-            health.set_stopping();
-            info!(grace_s = grace.as_secs_f64(), "stopping: finishing the event in hand");
-            match tokio::time::timeout(grace, &mut work).await {
-                Ok(Ok(Err(fatal))) => Err(ServiceError::Fatal(fatal)),
-                Ok(_) => Ok(()),
-                Err(_) => {
-                    warn!("the shutdown grace period ran out; the event in hand will be seen again");
-                    work.abort();
-                    Ok(())
-                }
-            }
-        }
-    };
+    http: HttpServer,
+    http_stop: CancellationToken,
+}
+
+/// Runs the consume loop until it ends or a shutdown, which gives it `grace` to finish the event
+/// in hand; then leaves the group and stops the API.
+async fn supervise(s: Supervised) -> Result<(), ServiceError> {
+    let consumer = Arc::clone(&s.consumer);
+    let work =
+        tokio::spawn(async move { s.processor.run(consumer).await.map_err(ServiceError::from) });
+    let health = Arc::clone(&s.health);
+    let result = run_to_end(work, &s.shutdown, s.grace, std::future::pending(), || {
+        health.set_stopping()
+    })
+    .await;
     // Leave the group before returning, off the runtime (closing blocks).
+    let consumer = s.consumer;
     let _ = tokio::task::spawn_blocking(move || {
         consumer.unsubscribe();
         drop(consumer);
     })
     .await;
-    let _ = http_task.await;
+    s.http_stop.cancel();
+    s.http.finished().await;
     match &result {
         Ok(()) => info!("publication-consumer stopped"),
-        Err(e) => error!(error = %e, "publication-consumer stopped on an error"),
+        Err(e) => error!(error = %Chain(e), "publication-consumer stopped on an error"),
     }
     result
 }
@@ -281,7 +241,7 @@ async fn supervise(
 /// Opens a database, waiting with backoff while it is unavailable.
 async fn wait_for<T, F, Fut>(
     settings: &Settings,
-    what: &str,
+    what: &'static str,
     mut open: F,
 ) -> Result<T, ServiceError>
 where
@@ -292,12 +252,12 @@ where
     loop {
         match open().await {
             Ok(value) => return Ok(value),
-            Err(StartError::Retry(e)) => {
+            Err(e) if e.class() == ErrorClass::Retry => {
                 let wait = backoff.next_wait();
-                warn!(error = %e, wait_ms = wait.as_millis(), "the {what} is unavailable; waiting");
+                warn!(error = %Chain(&e), wait_ms = wait.as_millis(), "the {what} is unavailable; waiting");
                 tokio::time::sleep(wait).await;
             }
-            Err(StartError::Fatal(e)) => return Err(ServiceError::Fatal(e)),
+            Err(source) => return Err(ServiceError::Open { what, source }),
         }
     }
 }

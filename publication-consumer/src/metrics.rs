@@ -1,14 +1,10 @@
 //! Prometheus metrics, all named `publication_consumer_*`, served at `/metrics`.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-/// A metric's labels: name and value pairs.
-type Labels = Vec<(&'static str, String)>;
+use service_kit::metrics::{CommonMetrics, Exposition, Labels, render};
 
 /// Every metric of the consumer.
 #[derive(Debug)]
@@ -28,18 +24,14 @@ pub struct Metrics {
     pub datasets_recorded: Counter,
     /// Dataset ids the registry did not know, recorded in `unknown_dataset`.
     pub unknown_datasets: Counter,
-    /// Retries after a transient failure, by stage.
-    pub retries: Family<Labels, Counter>,
+    /// Readiness, consumer lag and retries after a transient failure, by stage.
+    pub common: CommonMetrics,
     /// From receiving an event to its offset commit.
     pub event_seconds: Histogram,
     /// From an event's Kafka timestamp to its offset commit.
     pub event_age_seconds: Histogram,
     /// Datasets per batch file.
     pub batch_datasets: Histogram,
-    /// Messages behind the end of each assigned partition, as librdkafka last reported it.
-    pub consumer_lag: Family<Labels, Gauge>,
-    /// 1 while `/readyz` says ready.
-    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -59,12 +51,10 @@ impl Metrics {
             events_failed: Family::default(),
             datasets_recorded: Counter::default(),
             unknown_datasets: Counter::default(),
-            retries: Family::default(),
+            common: CommonMetrics::default(),
             event_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             event_age_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             batch_datasets: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-            consumer_lag: Family::default(),
-            ready: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -97,11 +87,9 @@ impl Metrics {
             "Dataset ids of batch files that the registry does not know",
             metrics.unknown_datasets.clone(),
         );
-        registry.register(
-            "retries",
-            "Retries after a transient failure, by stage: batch_file, registry, database",
-            metrics.retries.clone(),
-        );
+        metrics
+            .common
+            .register(&mut registry, "batch_file, registry, database");
         registry.register(
             "event_seconds",
             "From receiving an event to committing its offset",
@@ -117,16 +105,6 @@ impl Metrics {
             "Datasets per batch file",
             metrics.batch_datasets.clone(),
         );
-        registry.register(
-            "consumer_lag",
-            "Events behind the end of each assigned partition",
-            metrics.consumer_lag.clone(),
-        );
-        registry.register(
-            "ready",
-            "1 while the consumer is ready",
-            metrics.ready.clone(),
-        );
         Self {
             registry,
             ..metrics
@@ -135,9 +113,7 @@ impl Metrics {
 
     /// Counts a retry at `stage`.
     pub fn retry(&self, stage: &'static str) {
-        self.retries
-            .get_or_create(&vec![("stage", stage.to_owned())])
-            .inc();
+        self.common.retry(stage);
     }
 
     /// Counts an event recorded as failed: given up on after retries when `retried`, skipped
@@ -152,12 +128,14 @@ impl Metrics {
             .get_or_create(&vec![("reason", reason.to_owned())])
             .inc();
     }
+}
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut text, &self.registry);
-        text
+impl Exposition for Metrics {
+    fn common(&self) -> &CommonMetrics {
+        &self.common
+    }
+
+    fn render(&self) -> String {
+        render(&self.registry)
     }
 }

@@ -7,13 +7,16 @@
 //! `dataset_tags_%08d` table per dimension group (named by `dataset_type.tag_association_table`),
 //! `visit` and `exposure` with `int8range` timespans in TAI nanoseconds.
 
-use std::time::Duration;
-
-use anyhow::Context;
-use butler_writer::ButlerConfig;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use butler_repository::{
+    ButlerConfig, DatabaseError, DbAuthError, Doing, ErrorClass, PoolSettings, connect_options,
+    open_pool,
+};
+use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
+
+/// The server shows the consumer's connections under this name.
+pub const APPLICATION_NAME: &str = "publication-consumer";
 
 /// One dataset as the registry knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,27 +58,21 @@ pub fn ident(name: &str) -> String {
 
 impl RegistryReader {
     /// Connects (read-only) to the registry `config` names. Does not wait: the caller retries.
-    pub async fn connect(
-        config: &ButlerConfig,
-        auth_file: Option<&std::path::Path>,
-        max_connections: u32,
-    ) -> Result<Self, StartError> {
-        let options = butler_writer::db_auth::connect_options(&config.registry_db, auth_file)
-            .map_err(|e| StartError::Fatal(e.to_string()))?
-            .options([("default_transaction_read_only", "on")])
-            .application_name("publication-consumer");
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(|e| StartError::classify(e, "the registry database"))?;
+    pub async fn connect(config: &ButlerConfig, pool: &PoolSettings) -> Result<Self, StartError> {
+        let options = connect_options(
+            &config.registry_db,
+            pool.auth_file.as_deref(),
+            APPLICATION_NAME,
+        )?
+        .options([("default_transaction_read_only", "on")]);
+        let doing = "connecting to the registry database";
+        let pool = open_pool(options, pool).await.doing(doing)?;
         let namespace = match &config.namespace {
             Some(ns) => ns.clone(),
             None => sqlx::query_scalar("SELECT current_schema()")
                 .fetch_one(&pool)
                 .await
-                .map_err(|e| StartError::classify(e, "the registry database"))?,
+                .doing(doing)?,
         };
         let dataset_table: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'dataset')",
@@ -83,12 +80,12 @@ impl RegistryReader {
         .bind(&namespace)
         .fetch_one(&pool)
         .await
-        .map_err(|e| StartError::classify(e, "the registry database"))?;
+        .doing(doing)?;
         if !dataset_table {
-            return Err(StartError::Fatal(format!(
-                "the registry named by {} has no `dataset` table in schema `{namespace}`",
-                config.location
-            )));
+            return Err(StartError::NotARegistry {
+                location: config.location.clone(),
+                namespace,
+            });
         }
         Ok(Self { pool, namespace })
     }
@@ -109,7 +106,7 @@ impl RegistryReader {
     /// The datasets of `ids` the registry has; ids it does not know are absent from the result.
     /// Two statements whatever the number of ids: which tags tables hold them, then everything
     /// else in one query over those tables.
-    pub async fn lookup(&self, ids: &[Uuid]) -> anyhow::Result<Vec<RegistryDataset>> {
+    pub async fn lookup(&self, ids: &[Uuid]) -> Result<Vec<RegistryDataset>, DatabaseError> {
         let ns = ident(&self.namespace);
         let tables: Vec<Option<String>> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT DISTINCT dt.tag_association_table
@@ -119,7 +116,7 @@ impl RegistryReader {
         .bind(ids)
         .fetch_all(&self.pool)
         .await
-        .context("finding the tags tables of a batch's datasets")?;
+        .doing("finding the tags tables of a batch's datasets")?;
         let tables: Vec<String> = tables.into_iter().flatten().collect();
         let tags = if tables.is_empty() {
             // No dataset is known: keep the query's shape with an empty relation.
@@ -159,7 +156,7 @@ impl RegistryReader {
             .bind(ids)
             .fetch_all(&self.pool)
             .await
-            .context("looking a batch's datasets up in the registry")?;
+            .doing("looking a batch's datasets up in the registry")?;
         rows.into_iter()
             .map(|row| {
                 let data_id: serde_json::Value = row.try_get("data_id")?;
@@ -180,52 +177,47 @@ impl RegistryReader {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .context("reading the registry's answer")
+            .doing("reading the registry's answer")
     }
 }
 
 /// Why a database could not be opened at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Unavailable for now: wait and try again.
-    #[error("{0}")]
-    Retry(String),
-    /// Configuration, credentials, a missing schema: retrying cannot help.
-    #[error("{0}")]
-    Fatal(String),
+    /// The registry's URL or the credentials file cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] DbAuthError),
+    /// `PUBLICATION_DATABASE_URL` or the credentials file cannot be used.
+    #[error("PUBLICATION_DATABASE_URL")]
+    StateUrl(#[source] DbAuthError),
+    /// The database did not answer, or refused.
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    /// The state schema's migrations failed.
+    #[error("migrating the state schema")]
+    Migration(#[source] sqlx::migrate::MigrateError),
+    /// The repository's database holds no registry.
+    #[error("the registry named by {location} has no `dataset` table in schema `{namespace}`")]
+    NotARegistry {
+        /// Where `butler.yaml` is.
+        location: String,
+        /// The schema looked in.
+        namespace: String,
+    },
 }
 
 impl StartError {
-    /// Connection failures and server-side unavailability are retried; authentication, missing
-    /// databases and bad configuration are not.
-    pub fn classify(error: sqlx::Error, what: &str) -> Self {
-        let message = format!("{what}: {error}");
-        if is_transient(&error) {
-            Self::Retry(message)
-        } else {
-            Self::Fatal(message)
+    /// Whether waiting may help ([`ErrorClass::Retry`]: the server is down or busy), or not.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Database(error) => error.class().at_startup(),
+            Self::Migration(sqlx::migrate::MigrateError::Execute(error)) => {
+                butler_repository::classify(error).at_startup()
+            }
+            Self::Credentials(_)
+            | Self::StateUrl(_)
+            | Self::Migration(_)
+            | Self::NotARegistry { .. } => ErrorClass::Stop,
         }
-    }
-}
-
-/// Whether a database error is worth waiting out: the server or the network is unavailable, or
-/// the transaction lost a race.
-pub fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 53: insufficient resources; 57P0x: shutting down or
-            // cannot connect now; 40001/40P01: serialization failure, deadlock.
-            code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57P")
-                || code == "40001"
-                || code == "40P01"
-        }),
-        _ => false,
     }
 }

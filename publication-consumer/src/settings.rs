@@ -2,16 +2,14 @@
 //! flags and environment variables; tests build them directly.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use butler_writer::service::KafkaSettings;
+use butler_repository::PoolSettings;
 use secrecy::SecretString;
+use service_kit::{ConfigError, KafkaSettings, RetrySettings};
 
 use crate::clock::Clock;
 
-/// The events topic the deployed writer produces to.
-pub const DEFAULT_TOPIC: &str = "butler-writer-ingestion-events";
 /// The consumer group: its own, so the consumer never shares offsets with another reader.
 pub const DEFAULT_GROUP_ID: &str = "publication-consumer";
 /// The Postgres schema of the consumer's state.
@@ -23,11 +21,6 @@ pub const DEFAULT_ORIGIN: &str = "prompt_processing";
 /// How long a batch file that is not there yet is waited for: the writer writes the file before
 /// it emits the event, but S3 listings and replicas can lag.
 pub const DEFAULT_BATCH_FILE_WAIT_SECONDS: f64 = 600.0;
-
-/// Capped exponential backoff with full jitter (the writer's, and its [`Backoff`]).
-///
-/// [`Backoff`]: butler_writer::service::pipeline::Backoff
-pub use butler_writer::service::settings::RetrySettings;
 
 /// Everything the consumer runs with.
 #[derive(Debug, Clone)]
@@ -49,10 +42,8 @@ pub struct Settings {
     pub database_url: Option<SecretString>,
     /// The Postgres schema of the consumer's state.
     pub schema: String,
-    /// The db-auth file for database credentials.
-    pub db_auth: Option<PathBuf>,
-    /// Connections in each pool (state, registry).
-    pub db_max_connections: u32,
+    /// The db-auth file for database credentials and the size of each pool (state, registry).
+    pub database: PoolSettings,
     /// How long after the end of the observation a dataset stays embargoed.
     pub embargo: Duration,
     /// The event origins accepted; events of another origin are recorded as failed and skipped.
@@ -81,20 +72,16 @@ impl Settings {
         Self {
             butler_repository: butler_repository.into(),
             kafka,
-            topic: DEFAULT_TOPIC.to_owned(),
+            topic: schema::topics::EVENTS_TOPIC.to_owned(),
             group_id: DEFAULT_GROUP_ID.to_owned(),
             batch_directory: batch_directory.into(),
             database_url: None,
             schema: DEFAULT_SCHEMA.to_owned(),
-            db_auth: butler_writer::db_auth::default_auth_file(),
-            db_max_connections: 4,
+            database: PoolSettings::default(),
             embargo: hours(DEFAULT_EMBARGO_HOURS).unwrap_or(Duration::from_secs(80 * 3600)),
             origins: vec![DEFAULT_ORIGIN.to_owned()],
             batch_file_wait: Duration::from_secs_f64(DEFAULT_BATCH_FILE_WAIT_SECONDS),
-            retry: RetrySettings {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(30),
-            },
+            retry: RetrySettings::default(),
             http_address: SocketAddr::from(([0, 0, 0, 0], 8080)),
             shutdown_grace: Duration::from_secs(10),
             clock: Clock::system(),
@@ -102,33 +89,42 @@ impl Settings {
     }
 
     /// Checks what can be checked without the network; the message names what to change.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
         if self.topic.is_empty() {
-            return Err("KAFKA_TOPIC is empty".to_owned());
+            return Err(ConfigError::new("KAFKA_TOPIC is empty"));
         }
         if self.group_id.is_empty() {
-            return Err("KAFKA_GROUP_ID is empty".to_owned());
+            return Err(ConfigError::new("KAFKA_GROUP_ID is empty"));
         }
         if !is_identifier(&self.schema) {
-            return Err(format!(
+            return Err(ConfigError::new(format!(
                 "PUBLICATION_SCHEMA {:?} is not a plain Postgres identifier (lowercase letters, digits, _)",
                 self.schema
-            ));
+            )));
         }
         if self.origins.is_empty() || self.origins.iter().any(String::is_empty) {
-            return Err("PUBLICATION_ORIGINS needs at least one non-empty origin".to_owned());
+            return Err(ConfigError::new(
+                "PUBLICATION_ORIGINS needs at least one non-empty origin",
+            ));
         }
-        if self.retry.initial.is_zero() || self.retry.initial > self.retry.max {
-            return Err("the retry backoff needs 0 < initial <= max".to_owned());
+        if !self.retry.is_valid() {
+            return Err(ConfigError::new(
+                "PUBLICATION_RETRY_INITIAL_MS must be above 0 and at most PUBLICATION_RETRY_MAX_MS",
+            ));
         }
-        if self.db_max_connections < 2 {
-            return Err("PUBLICATION_DB_MAX_CONNECTIONS must be at least 2".to_owned());
+        if self.database.max_connections < 2 {
+            return Err(ConfigError::new(
+                "PUBLICATION_DB_MAX_CONNECTIONS must be at least 2",
+            ));
         }
         resources::ResourcePath::parse(&self.batch_directory).map_err(|e| {
-            format!(
-                "OUTPUT_DATASET_LIST_DIRECTORY {} is not a usable location: {e}",
-                self.batch_directory
+            ConfigError::caused_by(
+                format!(
+                    "OUTPUT_DATASET_LIST_DIRECTORY {} is not a usable location",
+                    self.batch_directory
+                ),
+                e,
             )
         })?;
         Ok(())

@@ -6,19 +6,18 @@
 //! NOTHING`: replaying an event, or receiving it twice, changes nothing.
 
 use std::borrow::Cow;
-use std::path::Path;
-use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use uuid::Uuid;
 
+use butler_repository::{DatabaseError, Doing, PoolSettings, connect_options, open_pool};
+
 use crate::model::BatchRecords;
-use crate::registry::{StartError, ident};
+use crate::registry::{APPLICATION_NAME, StartError, ident};
 
 /// The migrations, in order; embedded so the binary carries its schema.
 const MIGRATIONS: &[(i64, &str, &str)] =
@@ -156,30 +155,21 @@ pub struct Store {
 
 impl Store {
     /// Connects with `search_path` set to `schema`, creates the schema if needed and runs the
-    /// migrations. Does not wait: the caller retries [`StartError::Retry`].
-    pub async fn open(
-        url: &str,
-        auth_file: Option<&Path>,
-        schema: &str,
-        max_connections: u32,
-    ) -> Result<Self, StartError> {
-        let options = butler_writer::db_auth::connect_options(url, auth_file)
-            .map_err(|e| StartError::Fatal(format!("PUBLICATION_DATABASE_URL: {e}")))?
-            .options([("search_path", schema)])
-            .application_name("publication-consumer");
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+    /// migrations. Does not wait: the caller retries what [`StartError::class`] says may heal.
+    pub async fn open(url: &str, pool: &PoolSettings, schema: &str) -> Result<Self, StartError> {
+        let options = connect_options(url, pool.auth_file.as_deref(), APPLICATION_NAME)
+            .map_err(StartError::StateUrl)?
+            .options([("search_path", schema)]);
+        let pool = open_pool(options, pool)
             .await
-            .map_err(|e| StartError::classify(e, "the state database"))?;
+            .doing("connecting to the state database")?;
         sqlx::query(AssertSqlSafe(format!(
             "CREATE SCHEMA IF NOT EXISTS {}",
             ident(schema)
         )))
         .execute(&pool)
         .await
-        .map_err(|e| StartError::classify(e, "creating the state schema"))?;
+        .doing("creating the state schema")?;
         let migrations = MIGRATIONS
             .iter()
             .map(|(version, description, sql)| {
@@ -195,12 +185,7 @@ impl Store {
         let mut migrator = Migrator::with_migrations(migrations);
         // In the state schema, not wherever the server's default search_path points.
         migrator.dangerous_set_table_name(format!("{}._sqlx_migrations", ident(schema)));
-        migrator.run(&pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(inner) => {
-                StartError::classify(inner, "migrating the state schema")
-            }
-            other => StartError::Fatal(format!("migrating the state schema: {other}")),
-        })?;
+        migrator.run(&pool).await.map_err(StartError::Migration)?;
         Ok(Self {
             pool,
             schema: schema.to_owned(),
@@ -218,12 +203,12 @@ impl Store {
     }
 
     /// Whether batch `batch_id` has been recorded.
-    pub async fn has_batch(&self, batch_id: Uuid) -> anyhow::Result<bool> {
+    pub async fn has_batch(&self, batch_id: Uuid) -> Result<bool, DatabaseError> {
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batch WHERE batch_id = $1)")
             .bind(batch_id)
             .fetch_one(&self.pool)
             .await
-            .context("looking for the batch in the state database")
+            .doing("looking for the batch in the state database")
     }
 
     /// Records a batch in one transaction: its groups, visits, exposures, datasets, unknown ids
@@ -233,8 +218,8 @@ impl Store {
         info: &BatchInfo<'_>,
         records: &BatchRecords,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Recorded> {
-        let mut tx = self.pool.begin().await.context("beginning a transaction")?;
+    ) -> Result<Recorded, DatabaseError> {
+        let mut tx = self.pool.begin().await.doing("beginning a transaction")?;
         let new_batch = sqlx::query(
             "INSERT INTO batch (batch_id, origin, batch_file, datasets, unknown_datasets, topic,
                                 kafka_partition, kafka_offset, processed_at)
@@ -251,7 +236,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await
-        .context("recording the batch")?
+        .doing("recording the batch")?
         .rows_affected()
             == 1;
 
@@ -268,7 +253,7 @@ impl Store {
         .bind(names)
         .execute(&mut *tx)
         .await
-        .context("recording groups")?;
+        .doing("recording groups")?;
 
         let v = &records.visits;
         sqlx::query(
@@ -282,7 +267,7 @@ impl Store {
         .bind(v.iter().map(|r| r.observation_end).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
-        .context("recording visits")?;
+        .doing("recording visits")?;
 
         let e = &records.exposures;
         sqlx::query(
@@ -297,7 +282,7 @@ impl Store {
         .bind(e.iter().map(|r| r.observation_end).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
-        .context("recording exposures")?;
+        .doing("recording exposures")?;
 
         let d = &records.datasets;
         let datasets = sqlx::query(
@@ -335,7 +320,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await
-        .context("recording datasets")?
+        .doing("recording datasets")?
         .rows_affected();
 
         let unknown = sqlx::query(
@@ -353,10 +338,10 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await
-        .context("recording unknown datasets")?
+        .doing("recording unknown datasets")?
         .rows_affected();
 
-        tx.commit().await.context("committing the batch")?;
+        tx.commit().await.doing("committing the batch")?;
         Ok(Recorded {
             new_batch,
             datasets,
@@ -369,7 +354,7 @@ impl Store {
         &self,
         failed: &FailedEvent<'_>,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, DatabaseError> {
         let inserted = sqlx::query(
             "INSERT INTO failed_event (topic, kafka_partition, kafka_offset, reason, detail,
                                        batch_id, batch_file, payload, recorded_at)
@@ -386,14 +371,14 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await
-        .context("recording a failed event")?
+        .doing("recording a failed event")?
         .rows_affected();
         Ok(inserted == 1)
     }
 
     /// The counts of `GET /api/v1/counts` at time `at`.
-    pub async fn counts(&self, at: DateTime<Utc>) -> anyhow::Result<Counts> {
-        let row = sqlx::query(
+    pub async fn counts(&self, at: DateTime<Utc>) -> Result<Counts, DatabaseError> {
+        sqlx::query(
             "SELECT (SELECT count(*) FROM dataset) AS datasets,
                     (SELECT count(*) FROM dataset WHERE release_at > $1) AS embargoed,
                     (SELECT count(*) FROM dataset WHERE release_at <= $1) AS ready,
@@ -404,15 +389,17 @@ impl Store {
         .bind(at)
         .fetch_one(&self.pool)
         .await
-        .context("counting")?;
-        Ok(Counts {
-            datasets: row.try_get("datasets")?,
-            embargoed: row.try_get("embargoed")?,
-            ready: row.try_get("ready")?,
-            unknown: row.try_get("unknown")?,
-            events: row.try_get("events")?,
-            failed_events: row.try_get("failed_events")?,
+        .and_then(|row| {
+            Ok(Counts {
+                datasets: row.try_get("datasets")?,
+                embargoed: row.try_get("embargoed")?,
+                ready: row.try_get("ready")?,
+                unknown: row.try_get("unknown")?,
+                events: row.try_get("events")?,
+                failed_events: row.try_get("failed_events")?,
+            })
         })
+        .doing("counting")
     }
 
     /// Datasets matching `query`, ordered by `(release_at, id)`; statuses as of `at`.
@@ -420,7 +407,7 @@ impl Store {
         &self,
         query: &DatasetQuery,
         at: DateTime<Utc>,
-    ) -> anyhow::Result<Vec<DatasetView>> {
+    ) -> Result<Vec<DatasetView>, DatabaseError> {
         let rows = sqlx::query(
             r#"SELECT id, dataset_type, run, instrument, detector, visit, exposure, "group", day_obs,
                       data_id, ingest_date, observation_end, observation_end_source, release_at,
@@ -443,11 +430,11 @@ impl Store {
         .bind(query.limit)
         .fetch_all(&self.pool)
         .await
-        .context("listing datasets")?;
+        .doing("listing datasets")?;
         rows.into_iter()
             .map(|row| view(&row, at))
             .collect::<Result<_, _>>()
-            .context("reading datasets")
+            .doing("reading datasets")
     }
 
     /// One dataset, if recorded.
@@ -455,7 +442,7 @@ impl Store {
         &self,
         id: Uuid,
         at: DateTime<Utc>,
-    ) -> anyhow::Result<Option<DatasetView>> {
+    ) -> Result<Option<DatasetView>, DatabaseError> {
         let row = sqlx::query(
             r#"SELECT id, dataset_type, run, instrument, detector, visit, exposure, "group", day_obs,
                       data_id, ingest_date, observation_end, observation_end_source, release_at,
@@ -465,14 +452,14 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .context("reading a dataset")?;
+        .doing("reading a dataset")?;
         row.map(|row| view(&row, at))
             .transpose()
-            .context("reading a dataset")
+            .doing("reading a dataset")
     }
 
     /// Failed events, oldest first, after `(topic, partition, offset)` ordering by recorded time.
-    pub async fn failed_events(&self, limit: i64) -> anyhow::Result<Vec<serde_json::Value>> {
+    pub async fn failed_events(&self, limit: i64) -> Result<Vec<serde_json::Value>, DatabaseError> {
         let rows = sqlx::query(
             "SELECT topic, kafka_partition, kafka_offset, reason, detail, batch_id, batch_file,
                     recorded_at
@@ -481,7 +468,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .context("listing failed events")?;
+        .doing("listing failed events")?;
         rows.into_iter()
             .map(|row| {
                 Ok(serde_json::json!({
@@ -496,7 +483,7 @@ impl Store {
                 }))
             })
             .collect::<Result<_, sqlx::Error>>()
-            .context("reading failed events")
+            .doing("reading failed events")
     }
 
     /// Checks the database answers.

@@ -7,6 +7,7 @@
 
 mod common;
 
+use service_kit::ServiceHandle;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -47,14 +48,9 @@ async fn events_from_a_real_writer_are_recorded_with_their_visit_type_run_and_re
     writer.wait().await.expect("the writer stops");
 
     // The consumer keeps its state in a database of its own on the same server.
-    let state_db = test_support::unique_name("pps_state");
-    let mut admin = PgConnection::connect(f.env.database_url()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {state_db}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let state_db = f.env.fresh_database("pps_state").await.unwrap();
     let mut s = settings(&f);
-    s.database_url = Some(f.env.database_url_for(&state_db).into());
+    s.database_url = Some(state_db.url.clone().into());
     let consumer = start(s).await;
     let address = consumer.http_address();
     let done = wait_for_counts(address, WAIT, |c| c.datasets == 90).await;
@@ -523,6 +519,48 @@ async fn a_database_outage_is_waited_out_with_readiness_false_and_nothing_lost()
 }
 
 #[tokio::test]
+async fn a_permanent_database_error_stops_the_consumer_with_the_reason() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_001_100, 2, 10).await;
+    announce(&f, &batches[..1]).await;
+    let s = settings(&f);
+    let schema = s.schema.clone();
+    let consumer = start(s).await;
+    wait_for_counts(consumer.http_address(), WAIT, |c| c.datasets == 10).await;
+
+    // A column of the state is gone (a migration gone wrong, another tool's hand): no retry
+    // heals that, so the consumer stops, naming it, instead of retrying for ever.
+    let mut db = PgConnection::connect(&f.registry.database_url)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {schema}.dataset DROP COLUMN day_obs"
+    )))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    announce(&f, &batches[1..]).await;
+    let error = tokio::time::timeout(WAIT, consumer.wait())
+        .await
+        .expect("the consumer stops on a permanent error")
+        .expect_err("an error");
+    assert!(
+        matches!(
+            error,
+            publication_consumer::ServiceError::Consume(
+                publication_consumer::consume::ConsumeError::Database { .. }
+            )
+        ),
+        "{error:?}"
+    );
+    let text = service_kit::chain(&error);
+    assert!(
+        text.contains("day_obs") && text.contains("42703") && !text.contains('\n'),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn scram_credentials_are_used_and_a_wrong_password_stops_the_consumer() {
     let f = fixture(1).await;
     if f.env.broker_kind() != test_support::BrokerKind::Nisshi {
@@ -566,10 +604,10 @@ async fn scram_credentials_are_used_and_a_wrong_password_stops_the_consumer() {
     let settings_with = |password: &str| {
         let mut s = settings(&f);
         s.topic = topic.clone();
-        s.kafka = butler_writer::service::KafkaSettings {
+        s.kafka = service_kit::KafkaSettings {
             credentials: Some(("pps".to_owned(), password.to_owned().into())),
-            security_protocol: butler_writer::service::SecurityProtocol::SaslPlaintext,
-            ..butler_writer::service::KafkaSettings::plaintext(broker.bootstrap())
+            security_protocol: service_kit::SecurityProtocol::SaslPlaintext,
+            ..service_kit::KafkaSettings::plaintext(broker.bootstrap())
         };
         s
     };

@@ -8,11 +8,10 @@
 
 use std::path::PathBuf;
 
-use butler_writer::service::cli::{parse_key_value, parse_secret, seconds};
-use butler_writer::service::settings::DEFAULT_DEAD_LETTER_TOPIC;
-use butler_writer::service::{KafkaSettings, SecurityProtocol};
 use clap::{Args, Parser, Subcommand};
-use secrecy::SecretString;
+use schema::topics::{DEAD_LETTER_TOPIC, EVENTS_TOPIC, INPUT_TOPIC};
+use service_kit::cli::{KafkaArgNames, seconds};
+use service_kit::{ConfigError, KafkaSettings, KafkaVariables};
 
 use crate::load::{Faults, LoadSettings, Mode};
 use crate::messages::DatasetTypeSpec;
@@ -41,72 +40,38 @@ pub enum Command {
     CreateTopics(CreateTopicsArgs),
 }
 
-/// The broker, as the workers reach it.
-#[derive(Debug, Args)]
-pub struct KafkaArgs {
-    /// Kafka bootstrap servers, `host:port[,host:port...]`.
-    #[arg(long, env = "BUTLER_WRITER_KAFKA_CLUSTER")]
-    pub kafka_cluster: String,
+/// The broker, as the workers reach it: their variables (`BUTLER_WRITER_KAFKA_CLUSTER`,
+/// `BUTLER_WRITER_KAFKA_USERNAME`, `BUTLER_WRITER_KAFKA_PASSWORD`, as `prompt-keda` sets them);
+/// the protocol and CA file are the producer's.
+#[derive(Debug)]
+pub struct WorkerKafka;
 
-    /// SCRAM-SHA-512 user; with --kafka-password, or neither.
-    #[arg(long, env = "BUTLER_WRITER_KAFKA_USERNAME")]
-    pub kafka_username: Option<String>,
-
-    /// SCRAM-SHA-512 password (never printed).
-    #[arg(long, env = "BUTLER_WRITER_KAFKA_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
-    pub kafka_password: Option<SecretString>,
-
-    /// `security.protocol`; by default `sasl_plaintext` with credentials (`sasl_ssl` with a CA
-    /// file) and `plaintext` without (`ssl` with a CA file).
-    #[arg(long, env = "RECORD_PRODUCER_KAFKA_SECURITY_PROTOCOL", value_enum)]
-    pub kafka_security_protocol: Option<SecurityProtocol>,
-
-    /// CA certificate (PEM) for TLS to the brokers.
-    #[arg(long, env = "RECORD_PRODUCER_KAFKA_CA_FILE")]
-    pub kafka_ca_file: Option<PathBuf>,
-
-    /// Extra librdkafka property for every client, `key=value`; repeatable.
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
-    pub kafka_options: Vec<(String, String)>,
+impl KafkaArgNames for WorkerKafka {
+    const VARIABLES: KafkaVariables = KafkaVariables {
+        cluster: "BUTLER_WRITER_KAFKA_CLUSTER",
+        username: "BUTLER_WRITER_KAFKA_USERNAME",
+        password: "BUTLER_WRITER_KAFKA_PASSWORD",
+        security_protocol: "RECORD_PRODUCER_KAFKA_SECURITY_PROTOCOL",
+        ca_file: "RECORD_PRODUCER_KAFKA_CA_FILE",
+    };
 }
 
-impl KafkaArgs {
-    fn into_settings(self) -> Result<KafkaSettings, String> {
-        let kafka = KafkaSettings::from_parts(
-            self.kafka_cluster,
-            self.kafka_username,
-            self.kafka_password,
-            self.kafka_security_protocol,
-            self.kafka_ca_file,
-        )?;
-        Ok(KafkaSettings {
-            extra: self.kafka_options,
-            ..kafka
-        })
-    }
-}
+/// The broker flags, as the workers reach it.
+pub type KafkaArgs = service_kit::cli::KafkaArgs<WorkerKafka>;
 
 /// The writer's topics.
 #[derive(Debug, Args)]
 pub struct TopicArgs {
     /// The writer's input topic.
-    #[arg(
-        long,
-        env = "BUTLER_WRITER_KAFKA_TOPIC",
-        default_value = "butler-writer"
-    )]
+    #[arg(long, env = "BUTLER_WRITER_KAFKA_TOPIC", default_value = INPUT_TOPIC)]
     pub topic: String,
 
     /// The writer's batch-ingested topic.
-    #[arg(
-        long,
-        env = "RECORD_PRODUCER_EVENTS_TOPIC",
-        default_value = "butler-writer-ingestion-events"
-    )]
+    #[arg(long, env = "RECORD_PRODUCER_EVENTS_TOPIC", default_value = EVENTS_TOPIC)]
     pub events_topic: String,
 
     /// The writer's dead-letter topic.
-    #[arg(long, env = "RECORD_PRODUCER_DEAD_LETTER_TOPIC", default_value = DEFAULT_DEAD_LETTER_TOPIC)]
+    #[arg(long, env = "RECORD_PRODUCER_DEAD_LETTER_TOPIC", default_value = DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: String,
 }
 
@@ -126,9 +91,9 @@ pub struct CreateTopicsArgs {
 
 impl CreateTopicsArgs {
     /// Validated settings: the broker, the three topics, the input topic's partitions.
-    pub fn into_settings(self) -> Result<(KafkaSettings, [String; 3], i32), String> {
+    pub fn into_settings(self) -> Result<(KafkaSettings, [String; 3], i32), ConfigError> {
         if self.partitions < 1 {
-            return Err("--partitions must be at least 1".to_owned());
+            return Err(ConfigError::new("--partitions must be at least 1"));
         }
         Ok((
             self.kafka.into_settings()?,
@@ -253,31 +218,32 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     /// Validated settings for a load test in `mode`, or one line saying what to change.
-    pub fn into_settings(self, mode: Mode) -> Result<LoadSettings, String> {
+    pub fn into_settings(self, mode: Mode) -> Result<LoadSettings, ConfigError> {
         let kafka = self.kafka.into_settings()?;
         if !(self.speed.is_finite() && self.speed > 0.0) {
-            return Err("--speed must be a number > 0".to_owned());
+            return Err(ConfigError::new("--speed must be a number > 0"));
         }
         if self.detectors == 0 || self.detectors > 189 {
-            return Err("--detectors must be 1 to 189".to_owned());
+            return Err(ConfigError::new("--detectors must be 1 to 189"));
         }
         if self.visits == 0 {
-            return Err("--visits must be at least 1".to_owned());
+            return Err(ConfigError::new("--visits must be at least 1"));
         }
         let settle_timeout = seconds(self.settle_timeout, "--settle-timeout")?;
         seconds(self.processing_delay, "--processing-delay")?;
         seconds(self.spread, "--spread")?;
         if matches!(self.create_topics, Some(p) if p < 1) {
-            return Err("--create-topics needs a partition count >= 1".to_owned());
+            return Err(ConfigError::new(
+                "--create-topics needs a partition count >= 1",
+            ));
         }
         let mut plan = NightPlan::new(self.day_obs.unwrap_or_else(current_day_obs), self.visits);
         plan.first_seq_num = self.first_seq_num;
         plan.seed = self.seed;
         if u64::from(self.first_seq_num) + u64::from(self.visits) > 99_999 {
-            return Err(
-                "sequence numbers go up to 99999 a day: lower --first-seq-num or --visits"
-                    .to_owned(),
-            );
+            return Err(ConfigError::new(
+                "sequence numbers go up to 99999 a day: lower --first-seq-num or --visits",
+            ));
         }
         Ok(LoadSettings {
             kafka,
@@ -323,9 +289,9 @@ mod tests {
         let mut all = vec!["record-producer"];
         all.extend_from_slice(args);
         match Cli::try_parse_from(all).map_err(|e| e.to_string())?.command {
-            Command::Night(a) => a.into_settings(Mode::Night),
-            Command::Burst(a) => a.into_settings(Mode::Burst),
-            Command::Backlog(a) => a.into_settings(Mode::Backlog),
+            Command::Night(a) => a.into_settings(Mode::Night).map_err(|e| e.to_string()),
+            Command::Burst(a) => a.into_settings(Mode::Burst).map_err(|e| e.to_string()),
+            Command::Backlog(a) => a.into_settings(Mode::Backlog).map_err(|e| e.to_string()),
             Command::CreateTopics(_) => Err("not a load test".to_owned()),
         }
     }
@@ -353,10 +319,7 @@ mod tests {
         assert_eq!(s.plan.day_obs, 20260501);
         assert_eq!(s.faults.twin_per_mille, 5);
         assert_eq!(s.dataset_types.len(), 3);
-        assert_eq!(
-            s.dead_letter_topic.as_deref(),
-            Some(DEFAULT_DEAD_LETTER_TOPIC)
-        );
+        assert_eq!(s.dead_letter_topic.as_deref(), Some(DEAD_LETTER_TOPIC));
     }
 
     #[test]

@@ -6,17 +6,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use record_producer::Mode;
 use record_producer::cli::{Cli, Command};
+use service_kit::chain;
+use service_kit::logging::{LogFormat, init_logging};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Text: the producer's log lines sit beside its report, read by people.
+    init_logging("info", LogFormat::Text);
     let (args, mode) = match cli.command {
         Command::Night(args) => (args, Mode::Night),
         Command::Burst(args) => (args, Mode::Burst),
@@ -27,7 +24,7 @@ async fn main() -> ExitCode {
     let mut settings = match args.into_settings(mode) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("record-producer: {e}");
+            eprintln!("record-producer: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -35,7 +32,7 @@ async fn main() -> ExitCode {
     let report = match record_producer::run(settings).await {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("record-producer: {e:#}");
+            eprintln!("record-producer: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -66,7 +63,7 @@ async fn create_topics(args: record_producer::cli::CreateTopicsArgs) -> ExitCode
     let (kafka, [input, events, dead_letters], partitions) = match args.into_settings() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("record-producer: {e}");
+            eprintln!("record-producer: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -78,7 +75,7 @@ async fn create_topics(args: record_producer::cli::CreateTopicsArgs) -> ExitCode
     match record_producer::create_topics(&kafka, &topics).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("record-producer: {e:#}");
+            eprintln!("record-producer: {}", chain(&e));
             ExitCode::from(2)
         }
     }

@@ -10,6 +10,7 @@ use schema::{
     DataId, DataIdValue, PromptProcessingOutputEvent, Record, RecordValue, Region,
     SerializedDatasetRef, SerializedDimensionRecord, SerializedFileDataset, Timespan,
 };
+use service_kit::ConfigError;
 use uuid::Uuid;
 
 use crate::focal_plane::{VisitRegions, detector_name};
@@ -76,32 +77,34 @@ impl DatasetTypeSpec {
 
     /// A dataset type from the command line: a name of [`DatasetTypeSpec::defaults`], or
     /// `NAME:visit|exposure:EXTENSION:FORMATTER` for one registered in the repository.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
         if let Some(known) = Self::defaults().into_iter().find(|d| d.name == text) {
             return Ok(known);
         }
         let parts: Vec<&str> = text.split(':').collect();
         let [name, keyed, extension, formatter] = parts[..] else {
-            return Err(format!(
+            return Err(ConfigError::new(format!(
                 "dataset type {text:?}: give one of {} or NAME:visit|exposure:EXTENSION:FORMATTER",
                 Self::defaults()
                     .iter()
                     .map(|d| d.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
-            ));
+            )));
         };
         let keyed = match keyed {
             "visit" => Keyed::Visit,
             "exposure" => Keyed::Exposure,
             other => {
-                return Err(format!(
+                return Err(ConfigError::new(format!(
                     "dataset type {text:?}: dimensions {other:?} are not `visit` or `exposure`"
-                ));
+                )));
             }
         };
         if name.is_empty() || extension.is_empty() || formatter.is_empty() {
-            return Err(format!("dataset type {text:?}: a part is empty"));
+            return Err(ConfigError::new(format!(
+                "dataset type {text:?}: a part is empty"
+            )));
         }
         Ok(Self::new(name, keyed, extension, formatter))
     }
@@ -352,9 +355,9 @@ mod tests {
     use crate::schedule::{NightPlan, night};
     use serde_json::Value;
 
-    /// The first message of the reference set, whose visit we rebuild.
+    /// The first message of the fixtures' `batch_c.jsonl`, whose visit we rebuild.
     fn reference() -> Value {
-        let path = test_support::reference_dir().join("messages/batch_c.jsonl");
+        let path = test_support::fixtures_dir().join("messages/batch_c.jsonl");
         let text = std::fs::read_to_string(&path).expect("reference message");
         serde_json::from_str(text.lines().next().expect("a line")).expect("json")
     }

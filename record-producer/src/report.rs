@@ -9,6 +9,11 @@ use serde::Serialize;
 
 use crate::tracker::{Arrival, Outcome, Unaccounted};
 
+/// The plot could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("drawing the plot")]
+pub struct PlotError(#[from] DrawingAreaErrorKind<std::io::Error>);
+
 /// Latency percentiles, seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Latency {
@@ -327,7 +332,7 @@ impl Timeline {
     }
 
     /// Draws latency (top) and throughput (bottom) against time into an SVG file.
-    pub fn plot_svg(&self, path: &Path, title: &str) -> anyhow::Result<()> {
+    pub fn plot_svg(&self, path: &Path, title: &str) -> Result<(), PlotError> {
         let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();
         root.fill(&WHITE)?;
         let root = root.titled(title, ("sans-serif", 22))?;

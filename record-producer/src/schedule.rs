@@ -11,6 +11,7 @@
 //! The plan is deterministic for a seed, so a load test can be repeated exactly (with new UUIDs).
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
+use service_kit::ConfigError;
 
 use crate::focal_plane::{DETECTORS, Pointing, RAFT_PITCH_DEG};
 
@@ -140,10 +141,12 @@ fn day_obs_date(day_obs: u32) -> NaiveDate {
 }
 
 /// Parses a `YYYYMMDD` observing day, refusing dates that do not exist.
-pub fn parse_day_obs(text: &str) -> Result<u32, String> {
-    NaiveDate::parse_from_str(text, "%Y%m%d")
-        .map_err(|e| format!("day_obs {text:?} is not a YYYYMMDD date: {e}"))?;
-    text.parse().map_err(|e| format!("day_obs {text:?}: {e}"))
+pub fn parse_day_obs(text: &str) -> Result<u32, ConfigError> {
+    NaiveDate::parse_from_str(text, "%Y%m%d").map_err(|e| {
+        ConfigError::caused_by(format!("day_obs {text:?} is not a YYYYMMDD date"), e)
+    })?;
+    text.parse()
+        .map_err(|e| ConfigError::caused_by(format!("day_obs {text:?}"), e))
 }
 
 /// Today's observing day (UTC date, 12 hours back: the night belongs to the day it starts on).
@@ -336,7 +339,7 @@ mod tests {
 
     #[test]
     fn day_obs_is_checked() {
-        assert_eq!(parse_day_obs("20260501"), Ok(20260501));
+        assert_eq!(parse_day_obs("20260501").ok(), Some(20260501));
         assert!(parse_day_obs("20261301").is_err());
         assert!(parse_day_obs("tomorrow").is_err());
     }

@@ -3,15 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use service_kit::ServiceHandle;
 use std::time::Duration;
 
-use butler_writer::service::KafkaSettings;
-use common::service::{Fixture, env_settings, fixture, registry_datasets, start};
 use record_producer::messages::DatasetTypeSpec;
 use record_producer::schedule::{NightPlan, Processing};
 use record_producer::{Faults, LoadSettings, Mode};
+use service_kit::KafkaSettings;
+use test_support::pipeline::registry_datasets;
+use test_support::writer::{env_settings, start};
+use test_support::{Fixture, fixture};
 
 fn load_settings(f: &Fixture, mode: Mode, visits: u32, detectors: u32) -> LoadSettings {
     let mut plan = NightPlan::new(20260501, visits);

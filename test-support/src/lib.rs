@@ -23,17 +23,32 @@
 //! - [`proxy`]: a TCP proxy a test can cut, to take a service away from one client.
 //! - [`s3`]: a moto S3 server of the test's own, with a bucket and enforced credentials.
 //! - [`sasl`]: a nisshi broker of the test's own that requires SCRAM-SHA-512.
+//! - [`fixtures`]: the message files and HTM vectors `deploy/local/stack up` generates.
+//! - [`messages`]: realistic pp-output messages for as many new visits as a test needs.
+//! - [`pipeline`]: a writer's surroundings ([`pipeline::Fixture`]) and what it left, read back.
+//! - [`writer`]: a real Butler Writer, started in-process with test settings.
+//! - [`database`]: empty databases of a test's own; [`cleanup`]: how what a test made on the
+//!   services (databases, topics) is removed when the test ends.
 
+pub mod cleanup;
+pub mod database;
+pub mod fixtures;
 pub mod kafka;
+pub mod messages;
+pub mod pipeline;
 pub mod proxy;
 pub mod registry;
 pub mod s3;
 pub mod sasl;
 pub mod services;
+pub mod writer;
 
 use std::path::PathBuf;
 
+pub use database::TestDatabase;
+pub use fixtures::{fixture_lines, fixtures_dir};
 pub use kafka::TestTopics;
+pub use pipeline::{Fixture, fixture};
 pub use registry::TestRegistry;
 pub use s3::TestS3;
 pub use services::{BrokerKind, TestEnv};
@@ -41,15 +56,6 @@ pub use services::{BrokerKind, TestEnv};
 /// The workspace root (where `deploy/` and `.venv` live).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The team's reference folder: `$PROMPT_KAFKA_REFERENCE`, or `../shared/reference` beside the
-/// workspace.
-pub fn reference_dir() -> PathBuf {
-    std::env::var_os("PROMPT_KAFKA_REFERENCE").map_or_else(
-        || workspace_root().join("../shared/reference"),
-        PathBuf::from,
-    )
 }
 
 /// A name no other test run uses: `prefix` and 12 random hex digits, lowercase, valid as a topic,

@@ -1,13 +1,17 @@
-//! Realistic pp-output messages for new visits, made from a reference message: the same records
+//! Realistic pp-output messages for new visits, made from a fixture message: the same records
 //! and datasets a worker sends, with the visit, exposure, group, detector, UUIDs and paths
 //! changed, so a test or benchmark can make as many distinct messages as it needs.
+//!
+//! A fixture that does not have the expected shape is a broken test set-up, not data from
+//! outside: these helpers panic with the reason rather than return errors.
 
-#![allow(dead_code)]
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use serde_json::Value;
 use uuid::Uuid;
 
 /// Makes messages from the first message of `batch_c.jsonl`.
+#[derive(Debug)]
 pub struct MessageFactory {
     template: Value,
     template_visit: i64,
@@ -20,9 +24,9 @@ pub fn detector_name(id: i64) -> String {
 }
 
 impl MessageFactory {
-    /// Loads the template from the reference messages.
+    /// Loads the template from the fixture messages.
     pub fn load() -> Self {
-        let path = test_support::reference_dir().join("messages/batch_c.jsonl");
+        let path = crate::fixtures_dir().join("messages/batch_c.jsonl");
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let first = text.lines().next().expect("batch_c.jsonl has a message");

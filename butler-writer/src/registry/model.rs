@@ -6,8 +6,6 @@ use std::collections::HashMap;
 
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 
-use crate::error::EngineError;
-
 /// Quotes an SQL identifier (table, column, schema): `group` is a reserved word, and names come
 /// from the database, never from messages.
 pub fn ident(name: &str) -> String {
@@ -34,17 +32,69 @@ pub const SUPPORTED_MANAGERS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// A registry whose managers this writer does not reproduce.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManagerError {
+    /// A manager kind the writer does not know (it would have to write its tables too).
+    #[error(
+        "registry manager `{kind}` ({class}) is not supported by this writer (it would have to write its tables too); supported: {}",
+        supported_text()
+    )]
+    UnknownKind {
+        /// The kind (`obscore`).
+        kind: String,
+        /// Its class.
+        class: String,
+    },
+    /// Another class than the one the writer reproduces.
+    #[error(
+        "registry manager {kind}={class} is not supported; supported: {}",
+        supported_text()
+    )]
+    OtherClass {
+        /// The kind.
+        kind: String,
+        /// The class found.
+        class: String,
+    },
+    /// A schema version the writer has not been checked against.
+    #[error(
+        "registry manager {kind}={class} has schema version {version}; this writer supports {expected}.x (supported: {})",
+        supported_text()
+    )]
+    Version {
+        /// The kind.
+        kind: String,
+        /// The class, short name.
+        class: String,
+        /// The version found (`none` when missing).
+        version: String,
+        /// The major.minor supported.
+        expected: &'static str,
+    },
+    /// A manager kind the registry does not name at all.
+    #[error(
+        "butler_attributes names no `{kind}` manager (expected {class}): is this a daf_butler registry?"
+    )]
+    Missing {
+        /// The kind.
+        kind: &'static str,
+        /// The class expected.
+        class: &'static str,
+    },
+}
+
+fn supported_text() -> String {
+    SUPPORTED_MANAGERS
+        .iter()
+        .map(|(kind, class, version)| format!("{kind}={class} {version}.x"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Checks the managers recorded in `butler_attributes` (`config:registry.managers.<kind>` names
-/// the class, `version:<class>` its schema version) against [`SUPPORTED_MANAGERS`]. Returns one
-/// line naming what was found and what is supported.
-pub fn check_managers(attributes: &HashMap<String, String>) -> Result<(), String> {
-    let supported_text = || {
-        SUPPORTED_MANAGERS
-            .iter()
-            .map(|(kind, class, version)| format!("{kind}={class} {version}.x"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+/// the class, `version:<class>` its schema version) against [`SUPPORTED_MANAGERS`].
+pub fn check_managers(attributes: &HashMap<String, String>) -> Result<(), ManagerError> {
     for (key, class) in attributes
         .iter()
         .filter(|(k, _)| k.starts_with("config:registry.managers."))
@@ -54,33 +104,33 @@ pub fn check_managers(attributes: &HashMap<String, String>) -> Result<(), String
         let Some((_, expected_class, expected_version)) =
             SUPPORTED_MANAGERS.iter().find(|(k, _, _)| *k == kind)
         else {
-            return Err(format!(
-                "registry manager `{kind}` ({class}) is not supported by this writer (it would have to write its tables too); supported: {}",
-                supported_text()
-            ));
+            return Err(ManagerError::UnknownKind {
+                kind: kind.to_owned(),
+                class: class.clone(),
+            });
         };
         if short != *expected_class {
-            return Err(format!(
-                "registry manager {kind}={class} is not supported; supported: {}",
-                supported_text()
-            ));
+            return Err(ManagerError::OtherClass {
+                kind: kind.to_owned(),
+                class: class.clone(),
+            });
         }
         let version = attributes
             .get(&format!("version:{class}"))
             .map_or("none", String::as_str);
         let major_minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
         if major_minor != *expected_version {
-            return Err(format!(
-                "registry manager {kind}={short} has schema version {version}; this writer supports {expected_version}.x (supported: {})",
-                supported_text()
-            ));
+            return Err(ManagerError::Version {
+                kind: kind.to_owned(),
+                class: short.to_owned(),
+                version: version.to_owned(),
+                expected: expected_version,
+            });
         }
     }
     for (kind, class, _) in SUPPORTED_MANAGERS {
         if !attributes.contains_key(&format!("config:registry.managers.{kind}")) {
-            return Err(format!(
-                "butler_attributes names no `{kind}` manager (expected {class}): is this a daf_butler registry?"
-            ));
+            return Err(ManagerError::Missing { kind, class });
         }
     }
     Ok(())
@@ -146,7 +196,7 @@ pub struct Tables(HashMap<String, Table>);
 
 impl Tables {
     /// Reads the tables of `namespace` from the catalog.
-    pub async fn load(conn: &mut PgConnection, namespace: &str) -> Result<Self, EngineError> {
+    pub async fn load(conn: &mut PgConnection, namespace: &str) -> Result<Self, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT c.relname AS table_name, a.attname AS column_name,
                     CASE WHEN t.typname = 'varchar' THEN 'character varying'
@@ -211,21 +261,6 @@ impl Tables {
     pub fn get(&self, name: &str) -> Option<&Table> {
         self.0.get(name)
     }
-
-    /// Adds or replaces one table (a tags table created after start-up).
-    pub fn insert(&mut self, table: Table) {
-        self.0.insert(table.name.clone(), table);
-    }
-
-    /// Reads one table again (after a dataset type with a new tags table appeared).
-    pub async fn reload(
-        &mut self,
-        conn: &mut PgConnection,
-        namespace: &str,
-    ) -> Result<(), EngineError> {
-        *self = Self::load(conn, namespace).await?;
-        Ok(())
-    }
 }
 
 /// A registered dataset type.
@@ -243,12 +278,27 @@ pub struct DatasetType {
     pub dimensions: Vec<String>,
 }
 
+/// A row of `dataset_type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetTypeRow {
+    /// `id`.
+    pub id: i64,
+    /// `name`.
+    pub name: String,
+    /// `storage_class`.
+    pub storage_class: String,
+    /// `tag_association_table`: none for calibration-only types.
+    pub tags_table: Option<String>,
+    /// `dimensions_key`: its dimension group.
+    pub dimensions_key: i64,
+}
+
 /// Reads dataset types by name (all of them when `names` is `None`).
 pub async fn load_dataset_types(
     conn: &mut PgConnection,
     namespace: &str,
     names: Option<&[String]>,
-) -> Result<Vec<(i64, String, String, Option<String>, i64)>, EngineError> {
+) -> Result<Vec<DatasetTypeRow>, sqlx::Error> {
     let ns = ident(namespace);
     let base = format!(
         "SELECT id, name, storage_class, tag_association_table, dimensions_key FROM {ns}.dataset_type"
@@ -268,23 +318,22 @@ pub async fn load_dataset_types(
     };
     rows.into_iter()
         .map(|row| {
-            Ok((
-                row.try_get("id")?,
-                row.try_get("name")?,
-                row.try_get("storage_class")?,
-                row.try_get("tag_association_table")?,
-                row.try_get("dimensions_key")?,
-            ))
+            Ok(DatasetTypeRow {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                storage_class: row.try_get("storage_class")?,
+                tags_table: row.try_get("tag_association_table")?,
+                dimensions_key: row.try_get("dimensions_key")?,
+            })
         })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(EngineError::from)
+        .collect()
 }
 
 /// The required dimensions of each dimension group (`dimension_graph_definition`).
 pub async fn load_dimension_groups(
     conn: &mut PgConnection,
     namespace: &str,
-) -> Result<HashMap<i64, Vec<String>>, EngineError> {
+) -> Result<HashMap<i64, Vec<String>>, sqlx::Error> {
     let sql = format!(
         "SELECT dimension_graph_id, dimension_name FROM {}.dimension_graph_definition",
         ident(namespace)
@@ -381,7 +430,7 @@ mod tests {
     fn other_versions_and_managers_are_refused_by_name() {
         let mut a = reference();
         a.insert("version:lsst.daf.butler.registry.datasets.byDimensions._manager.ByDimensionsDatasetRecordStorageManagerUUID".into(), "1.0.0".into());
-        let err = check_managers(&a).unwrap_err();
+        let err = check_managers(&a).unwrap_err().to_string();
         assert!(
             err.contains("schema version 1.0.0") && err.contains("supports 2.0.x"),
             "{err}"
@@ -392,13 +441,19 @@ mod tests {
             "config:registry.managers.obscore".into(),
             "lsst.daf.butler.registry.obscore.ObsCoreLiveTableManager".into(),
         );
-        assert!(check_managers(&a).unwrap_err().contains("obscore"));
+        assert!(
+            check_managers(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("obscore")
+        );
 
         let mut a = reference();
         a.remove("config:registry.managers.opaque");
         assert!(
             check_managers(&a)
                 .unwrap_err()
+                .to_string()
                 .contains("no `opaque` manager")
         );
     }

@@ -10,16 +10,31 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use butler_repository::PoolSettings;
 use clap::Args;
-use secrecy::SecretString;
+use schema::topics::DEAD_LETTER_TOPIC;
+use service_kit::cli::{KafkaArgNames, KafkaArgs, seconds};
+use service_kit::{ConfigError, KafkaSettings, KafkaVariables, RetrySettings};
 
+use super::Service;
 use super::settings::{
     BatchSettings, BreakerSettings, DEFAULT_BATCH_MAX_MESSAGES, DEFAULT_BATCH_MAX_WAIT_MS,
-    DEFAULT_DB_CONCURRENCY, DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_GROUP_ID, DEFAULT_TRANSACTIONAL_ID,
-    DeliveryMode, FaultPlan, KafkaSettings, RetrySettings, SecurityProtocol, Settings,
+    DEFAULT_DB_CONCURRENCY, DEFAULT_GROUP_ID, DEFAULT_TRANSACTIONAL_ID, DeliveryMode, Settings,
 };
-use super::{Service, ServiceError};
-use crate::registry::OpenOptions;
+
+/// The deployed writer's broker variables; the protocol and CA file are ours.
+#[derive(Debug)]
+pub struct WriterKafka;
+
+impl KafkaArgNames for WriterKafka {
+    const VARIABLES: KafkaVariables = KafkaVariables {
+        cluster: "KAFKA_CLUSTER",
+        username: "KAFKA_USERNAME",
+        password: "KAFKA_PASSWORD",
+        security_protocol: "BUTLER_WRITER_KAFKA_SECURITY_PROTOCOL",
+        ca_file: "BUTLER_WRITER_KAFKA_CA_FILE",
+    };
+}
 
 /// Arguments of `butler-writer serve`.
 #[derive(Debug, Args)]
@@ -29,9 +44,11 @@ pub struct ServeArgs {
     #[arg(long, env = "BUTLER_REPOSITORY")]
     pub butler_repository: String,
 
-    /// Kafka bootstrap servers, `host:port[,host:port...]`.
-    #[arg(long, env = "KAFKA_CLUSTER")]
-    pub kafka_cluster: String,
+    /// The broker: `--kafka-cluster` (`KAFKA_CLUSTER`), `--kafka-username` (`KAFKA_USERNAME`),
+    /// `--kafka-password` (`KAFKA_PASSWORD`), `--kafka-security-protocol`, `--kafka-ca-file`,
+    /// `--kafka-option`.
+    #[command(flatten)]
+    pub kafka: KafkaArgs<WriterKafka>,
 
     /// The topic of pp-output messages (`butler-writer` in Prompt Kafka).
     #[arg(long, env = "KAFKA_TOPIC")]
@@ -45,37 +62,16 @@ pub struct ServeArgs {
     #[arg(long, env = "OUTPUT_DATASET_LIST_DIRECTORY")]
     pub output_dataset_list_directory: String,
 
-    /// SCRAM-SHA-512 user; with `--kafka-password`, or neither.
-    #[arg(long, env = "KAFKA_USERNAME")]
-    pub kafka_username: Option<String>,
-
-    /// SCRAM-SHA-512 password (never printed).
-    #[arg(long, env = "KAFKA_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
-    pub kafka_password: Option<SecretString>,
-
     /// `1` turns on librdkafka's `debug=all` on the producer; `0` (default) does not.
     #[arg(long, env = "KAFKA_DEBUG", default_value = "0", value_parser = ["0", "1"])]
     pub kafka_debug: String,
-
-    /// `security.protocol`; by default `sasl_plaintext` with credentials (`sasl_ssl` with a CA
-    /// file) and `plaintext` without (`ssl` with a CA file).
-    #[arg(long, env = "BUTLER_WRITER_KAFKA_SECURITY_PROTOCOL", value_enum)]
-    pub kafka_security_protocol: Option<SecurityProtocol>,
-
-    /// CA certificate (PEM) for TLS to the brokers.
-    #[arg(long, env = "BUTLER_WRITER_KAFKA_CA_FILE")]
-    pub kafka_ca_file: Option<PathBuf>,
-
-    /// Extra librdkafka property for every client, `key=value`; repeatable.
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
-    pub kafka_options: Vec<(String, String)>,
 
     /// The consumer group.
     #[arg(long, env = "BUTLER_WRITER_GROUP_ID", default_value = DEFAULT_GROUP_ID)]
     pub group_id: String,
 
     /// The dead-letter topic.
-    #[arg(long, env = "BUTLER_WRITER_DEAD_LETTER_TOPIC", default_value = DEFAULT_DEAD_LETTER_TOPIC)]
+    #[arg(long, env = "BUTLER_WRITER_DEAD_LETTER_TOPIC", default_value = DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: String,
 
     /// How results reach Kafka: `transactional` (event, dead letters and offsets in one
@@ -162,50 +158,23 @@ pub struct ServeArgs {
     pub db_auth: Option<PathBuf>,
 }
 
-/// A secret from the command line or the environment (clap value parser).
-pub fn parse_secret(text: &str) -> Result<SecretString, String> {
-    Ok(SecretString::from(text.to_owned()))
-}
-
-/// `key=value` (clap value parser for `--kafka-option`).
-pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .filter(|(k, _)| !k.trim().is_empty())
-        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected key=value, got {text:?}"))
-}
-
-/// A duration from a number of seconds given for the setting `name`, or one line saying why not.
-pub fn seconds(value: f64, name: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| format!("{name} must be a number of seconds >= 0"))
-}
-
 impl ServeArgs {
     /// Validated settings, or one line saying what to change.
-    pub fn into_settings(self) -> Result<Settings, String> {
-        let kafka = KafkaSettings::from_parts(
-            self.kafka_cluster,
-            self.kafka_username,
-            self.kafka_password,
-            self.kafka_security_protocol,
-            self.kafka_ca_file,
-        )?;
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
         let kafka = KafkaSettings {
             debug: self.kafka_debug == "1",
-            extra: self.kafka_options,
-            ..kafka
+            ..self.kafka.into_settings()?
         };
-        let mut open_options = OpenOptions {
+        let mut database = PoolSettings {
             max_connections: self.db_max_connections,
-            ..OpenOptions::default()
+            ..PoolSettings::default()
         };
         if self.db_auth.is_some() {
-            open_options.auth_file = self.db_auth;
+            database.auth_file = self.db_auth;
         }
         let settings = Settings {
             butler_repository: self.butler_repository,
-            open_options,
+            database,
             kafka,
             input_topic: self.kafka_topic,
             output_topic: self.kafka_output_topic,
@@ -238,7 +207,6 @@ impl ServeArgs {
                 )?,
             },
             stall_timeout: seconds(self.stall_seconds, "BUTLER_WRITER_STALL_SECONDS")?,
-            faults: FaultPlan::default(),
         };
         settings.validate()?;
         Ok(settings)
@@ -246,52 +214,13 @@ impl ServeArgs {
 }
 
 /// Runs the service until SIGTERM or Ctrl-C. Exit status 0 after a clean stop, 1 on a fatal
-/// error (one line on stderr, and in the log).
+/// error, 2 on a configuration error (one line on stderr, and in the log).
 pub async fn serve(args: ServeArgs) -> ExitCode {
-    let settings = match args.into_settings() {
-        Ok(settings) => settings,
-        Err(message) => {
-            eprintln!("butler-writer: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    let service = match Service::start(settings).await {
-        Ok(service) => service,
-        Err(error) => return fail(&error),
-    };
-    match service.run_until(termination()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => fail(&error),
-    }
+    service_kit::lifecycle::serve(PROGRAM, args.into_settings(), Service::start).await
 }
 
-fn fail(error: &ServiceError) -> ExitCode {
-    eprintln!("butler-writer: {error}");
-    ExitCode::from(1)
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C: when a service should stop.
-pub async fn termination() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
+/// How the writer names itself on stderr.
+const PROGRAM: &str = "butler-writer";
 
 #[cfg(test)]
 mod tests {
@@ -304,7 +233,7 @@ mod tests {
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         match cli.command {
-            Command::Serve(args) => args.into_settings(),
+            Command::Serve(args) => args.into_settings().map_err(|e| service_kit::chain(&e)),
             _ => Err("not serve".to_owned()),
         }
     }
@@ -333,7 +262,7 @@ mod tests {
         assert_eq!(settings.shutdown_grace.as_secs(), 10);
         assert_eq!(
             settings.kafka.security_protocol,
-            super::SecurityProtocol::Plaintext
+            service_kit::SecurityProtocol::Plaintext
         );
     }
 
@@ -350,7 +279,7 @@ mod tests {
         let settings = parse(&args).expect("valid");
         assert_eq!(
             settings.kafka.security_protocol,
-            super::SecurityProtocol::SaslPlaintext
+            service_kit::SecurityProtocol::SaslPlaintext
         );
         // The password never shows in Debug output (logs, error reports).
         assert!(!format!("{settings:?}").contains("hunter2"));

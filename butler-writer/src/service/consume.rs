@@ -1,226 +1,94 @@
-//! The consume loop: one thread that owns the consumer's polling, closes batches at N messages
-//! or T milliseconds, hands them to the pipeline, and keeps polling whatever the pipeline is
+//! The consume loop: one thread that owns the consumer's polling, fills batches
+//! ([`BatchBuilder`]), hands them to the pipeline, and keeps polling whatever the pipeline is
 //! doing, so that a long database retry never costs the writer its place in the group.
 //!
 //! # Back-pressure
 //! The pipeline takes batches through a small channel. When it is full, the loop keeps the batch
-//! in hand and waits; if the wait grows past a couple of seconds (a database outage), it pauses
-//! every assigned partition (librdkafka then stops fetching) and goes back to polling, which
-//! serves rebalances, statistics and errors; it resumes once the batch is handed over. Memory is bounded by the channel, the batch in hand and librdkafka's fetch queue.
+//! in hand and waits for room; if the wait grows past a couple of seconds (a database outage), it
+//! pauses every assigned partition (librdkafka then stops fetching) and goes back to polling,
+//! which serves rebalances, statistics and errors; it resumes once the batch is handed over.
+//! Memory is bounded by the channel, the batch in hand and librdkafka's fetch queue.
 //!
 //! # Rebalances
 //! The group uses an eager assignor (range, round-robin): a rebalance revokes every partition,
 //! and the new assignment starts from the committed offsets. So a batch that is not committed
 //! when its partitions are revoked is simply abandoned: its messages come again, to whichever
 //! writer owns them next. Each batch carries the assignment generation it was read in; the
-//! revoke callback bumps the generation under the commit gate, which the commit stage holds while
-//! it commits, so a batch's offsets are committed either before the revoke completes or not at
-//! all.
+//! revoke callback bumps the generation under the commit gate, which the announce stage holds
+//! while it commits, so a batch's offsets are committed either before the revoke completes or not
+//! at all.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
-use rdkafka::statistics::Statistics;
+use service_kit::context::{KafkaContext, RebalanceHooks};
+use service_kit::kafka::is_fatal_code;
+use service_kit::{CancellationToken, Health};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
-use super::health::Health;
+use super::batch::{Batch, BatchBuilder, InputMessage};
 use super::metrics::Metrics;
 
-/// One message read from the input topic.
-#[derive(Debug, Clone)]
-pub struct InputMessage {
-    /// Its partition.
-    pub partition: i32,
-    /// Its offset.
-    pub offset: i64,
-    /// Its key, if any (kept for the dead-letter record).
-    pub key: Option<Vec<u8>>,
-    /// Its value (empty for a null value).
-    pub value: Vec<u8>,
-    /// Its Kafka timestamp, milliseconds since the epoch.
-    pub timestamp_ms: Option<i64>,
-}
+/// The writer's consumer.
+pub type WriterConsumer = BaseConsumer<KafkaContext<Generations>>;
 
-/// A batch of messages read in one assignment generation.
+/// The writer's rebalance bookkeeping: the assignment generation every batch is stamped with,
+/// and the gate the announce stage holds while it commits.
 #[derive(Debug)]
-pub struct Batch {
-    /// Sequence number, for logs.
-    pub number: u64,
-    /// The assignment generation its messages were read in.
-    pub generation: u64,
-    /// The messages, in the order read.
-    pub messages: Vec<InputMessage>,
-    /// When the batch closed.
-    pub closed_at: Instant,
-}
-
-/// Callbacks from librdkafka: rebalances, statistics, errors, logs.
-#[derive(Debug)]
-pub struct WriterContext {
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
+pub struct Generations {
     /// Bumped on every revoke; batches of an older generation are not committed.
-    generation: AtomicU64,
-    /// Held by the commit stage while it commits a batch, and by a revoke while it bumps the
+    current: AtomicU64,
+    /// Held by the announce stage while it commits a batch, and by a revoke while it bumps the
     /// generation.
     gate: Arc<tokio::sync::Mutex<()>>,
-    /// An error that should stop the process (authentication, authorization).
-    fatal: Mutex<Option<String>>,
-    input_topic: String,
 }
 
-impl WriterContext {
-    /// A context for a writer reading `input_topic`.
-    pub fn new(
-        health: Arc<Health>,
-        metrics: Arc<Metrics>,
-        gate: Arc<tokio::sync::Mutex<()>>,
-        input_topic: String,
-    ) -> Self {
+impl Generations {
+    /// Generation 0, with the commit gate the announce stage shares.
+    pub fn new(gate: Arc<tokio::sync::Mutex<()>>) -> Self {
         Self {
-            health,
-            metrics,
-            generation: AtomicU64::new(0),
+            current: AtomicU64::new(0),
             gate,
-            fatal: Mutex::new(None),
-            input_topic,
         }
     }
 
     /// The current assignment generation.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-
-    /// A fatal error reported by librdkafka, if any.
-    pub fn fatal(&self) -> Option<String> {
-        self.fatal.lock().ok().and_then(|f| f.clone())
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::SeqCst)
     }
 
     /// Makes every batch read so far stale, once no commit is in progress. The callback may run
     /// on the consume loop's thread or, when the consumer is closed, on whichever thread drops
-    /// it (possibly a runtime worker), so it polls the gate rather than blocking on it; a commit
-    /// holds the gate for at most one Kafka round, bounded by the client's timeouts.
-    fn bump_generation(&self) {
+    /// it (possibly a runtime worker, where blocking on an async lock panics), so it tries the
+    /// gate rather than blocking on it; a commit holds the gate for at most one Kafka round,
+    /// bounded by the client's timeouts.
+    fn bump(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(_gate) = self.gate.try_lock() {
-                self.generation.fetch_add(1, Ordering::SeqCst);
+                self.current.fetch_add(1, Ordering::SeqCst);
                 return;
             }
             if Instant::now() > deadline {
                 warn!("a commit held the gate for a minute; abandoning in-flight batches anyway");
-                self.generation.fetch_add(1, Ordering::SeqCst);
+                self.current.fetch_add(1, Ordering::SeqCst);
                 return;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-
-    fn set_fatal(&self, message: String) {
-        if let Ok(mut slot) = self.fatal.lock()
-            && slot.is_none()
-        {
-            *slot = Some(message);
-        }
-    }
 }
 
-/// Errors that no retry will heal: the credentials or the ACLs are wrong.
-pub fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::GroupAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
-            | RDKafkaErrorCode::UnsupportedSASLMechanism
-            | RDKafkaErrorCode::IllegalSASLState
-            | RDKafkaErrorCode::InvalidConfig
-            | RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::Fenced
-    )
-}
-
-impl ClientContext for WriterContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                error!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Warning => {
-                warn!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                info!(target: "librdkafka", facility = fac, "{log_message}");
-            }
-            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility = fac, "{log_message}"),
-        }
-    }
-
-    fn stats(&self, statistics: Statistics) {
-        report_statistics(
-            &statistics,
-            &self.input_topic,
-            |up, problem| self.health.set_broker(up, problem),
-            &self.metrics.consumer_lag,
-        );
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        if code.is_some_and(is_fatal_code) {
-            error!(%error, reason, "Kafka refused the writer's credentials or permissions");
-            self.set_fatal(format!("Kafka: {reason} ({error})"));
-        } else if code == Some(RDKafkaErrorCode::AllBrokersDown) {
-            warn!(reason, "every broker is down");
-            self.health
-                .set_broker(false, Some(format!("Kafka: {reason}")));
-        } else {
-            warn!(%error, reason, "Kafka client error");
-        }
-    }
-}
-
-impl ConsumerContext for WriterContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(partitions) => {
-                // Wait for a commit in progress, then make every batch read so far stale.
-                self.bump_generation();
-                self.health.set_assignment(None);
-                info!(
-                    partitions = partitions.count(),
-                    "partitions revoked; batches not yet committed are abandoned"
-                );
-            }
-            Rebalance::Assign(partitions) => {
-                self.health.set_assignment(Some(partitions.count()));
-                self.metrics.consumer_lag.clear();
-                let list: Vec<String> = partitions
-                    .elements()
-                    .iter()
-                    .map(|e| format!("{}[{}]", e.topic(), e.partition()))
-                    .collect();
-                info!(partitions = ?list, "partitions assigned");
-            }
-            Rebalance::Error(error) => {
-                self.bump_generation();
-                warn!(%error, "rebalance error");
-            }
-        }
+impl RebalanceHooks for Generations {
+    fn revoking(&self) {
+        // Wait for a commit in progress, then make every batch read so far stale.
+        self.bump();
+        debug!("batches not yet committed are abandoned");
     }
 }
 
@@ -229,173 +97,236 @@ impl ConsumerContext for WriterContext {
 /// enough that a pipeline keeping up never causes a pause (which discards prefetched messages).
 const PAUSE_AFTER: Duration = Duration::from_secs(2);
 
-/// The writer's consumer.
-pub type WriterConsumer = BaseConsumer<WriterContext>;
+/// The longest a poll waits, so that a stop is seen and the heartbeat beats.
+const POLL_AT_MOST: Duration = Duration::from_millis(100);
 
-/// What the consume loop needs.
+/// What the loop does next after trying to hand the held batch over.
+enum Next {
+    /// Poll the consumer.
+    Poll,
+    /// Start the next turn at once.
+    Turn,
+    /// The pipeline is gone: leave.
+    Leave,
+}
+
+/// The consume loop and its state.
 pub struct ConsumeLoop {
-    /// The consumer, shared with the commit stage.
-    pub consumer: Arc<WriterConsumer>,
-    /// Where closed batches go.
-    pub batches: mpsc::Sender<Batch>,
-    /// Messages per batch at most.
-    pub max_messages: usize,
-    /// How long a batch stays open after its first message.
-    pub max_wait: Duration,
-    /// Set to stop fetching: the batch in hand is handed over, then the loop waits for `closed`.
-    pub stop: Arc<AtomicBool>,
-    /// Set when the pipeline has finished (or must be left): the loop closes the consumer.
-    pub closed: Arc<AtomicBool>,
-    /// Readiness and liveness.
-    pub health: Arc<Health>,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
+    consumer: Arc<WriterConsumer>,
+    /// Where closed batches go; dropped once the last batch is handed over at a stop, which ends
+    /// the pipeline.
+    batches: Option<mpsc::Sender<Batch>>,
+    builder: BatchBuilder,
+    /// A closed batch the pipeline has not taken yet.
+    held: Option<Batch>,
+    /// The generation whose partitions the loop paused, while paused.
+    paused: Option<u64>,
+    stopping: bool,
+    /// Fires to stop fetching: the batch in hand is handed over, then the loop waits for
+    /// `close`.
+    shutdown: CancellationToken,
+    /// Fires when the pipeline has finished (or must be left): the loop leaves the group.
+    close: CancellationToken,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    /// Waits for room in the channel happen on the runtime, from this thread.
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for ConsumeLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsumeLoop")
-            .field("max_messages", &self.max_messages)
-            .field("max_wait", &self.max_wait)
+            .field("builder", &self.builder)
+            .field("stopping", &self.stopping)
             .finish_non_exhaustive()
     }
 }
 
+/// What the consume loop is given.
+#[allow(missing_debug_implementations)]
+pub struct ConsumeParts {
+    /// The consumer, shared with the announce stage.
+    pub consumer: Arc<WriterConsumer>,
+    /// Where closed batches go.
+    pub batches: mpsc::Sender<Batch>,
+    /// How batches are filled.
+    pub builder: BatchBuilder,
+    /// Fires to stop fetching.
+    pub shutdown: CancellationToken,
+    /// Fires to leave the group.
+    pub close: CancellationToken,
+    /// Liveness and readiness.
+    pub health: Arc<Health>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The runtime to wait on.
+    pub runtime: tokio::runtime::Handle,
+}
+
 impl ConsumeLoop {
-    /// Runs until `closed` is set. Polls at least every 100 ms.
-    pub fn run(self) {
-        let consumer = &*self.consumer;
-        let context = consumer.context();
-        let mut open: Option<Batch> = None;
-        let mut opened_at = Instant::now();
-        let mut held: Option<Batch> = None;
-        let mut paused_generation: Option<u64> = None;
-        let mut number = 0_u64;
-        let mut stopping = false;
-        // Dropped once the last batch is handed over at a stop, which ends the pipeline.
-        let mut batches = Some(self.batches);
+    /// The loop, not yet running.
+    pub fn new(parts: ConsumeParts) -> Self {
+        Self {
+            consumer: parts.consumer,
+            batches: Some(parts.batches),
+            builder: parts.builder,
+            held: None,
+            paused: None,
+            stopping: false,
+            shutdown: parts.shutdown,
+            close: parts.close,
+            health: parts.health,
+            metrics: parts.metrics,
+            runtime: parts.runtime,
+        }
+    }
+
+    /// Runs until `close` fires, then leaves the group. Polls at least every 100 ms.
+    pub fn run(mut self) {
         loop {
             self.health.beat();
-            if self.closed.load(Ordering::SeqCst) {
+            if self.close.is_cancelled() {
                 break;
             }
-            let generation = context.generation();
-            // Batches of an older generation will be redelivered: drop them.
-            if held.as_ref().is_some_and(|b| b.generation != generation) {
-                held = None;
+            let generation = self.consumer.context().hooks().current();
+            self.drop_stale(generation);
+            if !self.stopping && self.shutdown.is_cancelled() {
+                self.begin_stop();
             }
-            if open.as_ref().is_some_and(|b| b.generation != generation) {
-                open = None;
+            match self.hand_over(generation) {
+                Next::Leave => break,
+                Next::Turn => continue,
+                Next::Poll => {}
             }
-            if !stopping && self.stop.load(Ordering::SeqCst) {
-                stopping = true;
-                set_paused(consumer, true);
-                if let Some(batch) = open.take() {
-                    if held.is_none() {
-                        held = Some(batch);
-                    } else {
-                        // Two batches in hand at a stop: the pipeline will not reach the second
-                        // within the grace period anyway; it will be redelivered.
-                        debug!("dropping the open batch at shutdown; it will be redelivered");
-                    }
-                }
-            }
-            // Hand the held batch over, or keep the partitions paused until we can.
-            if let Some(batch) = held.take() {
-                let Some(sender) = &batches else { break };
-                match sender.try_send(batch) {
-                    Ok(()) => {
-                        if paused_generation.take().is_some() && !stopping {
-                            set_paused(consumer, false);
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Full(batch)) => {
-                        let waited = batch.closed_at.elapsed();
-                        held = Some(batch);
-                        if paused_generation == Some(generation) || stopping {
-                            // Paused: poll below to serve callbacks.
-                        } else if waited < PAUSE_AFTER {
-                            // The pipeline usually frees a slot within one batch time. Wait
-                            // without polling: pausing would drop librdkafka's prefetched
-                            // messages, which it would then fetch again.
-                            std::thread::sleep(Duration::from_millis(2));
-                            continue;
-                        } else {
-                            set_paused(consumer, true);
-                            paused_generation = Some(generation);
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
-                }
-            }
-            if stopping && held.is_none() {
+            if self.stopping && self.held.is_none() {
                 // Nothing more to hand over: close the channel, keep serving callbacks until the
                 // pipeline has committed what it holds. Messages polled now are not committed
                 // and come again after the restart.
-                batches = None;
-                let _ = consumer.poll(Duration::from_millis(100));
+                self.batches = None;
+                let _ = self.consumer.poll(POLL_AT_MOST);
                 continue;
             }
-            let timeout = match &open {
-                Some(_) => self
-                    .max_wait
-                    .saturating_sub(opened_at.elapsed())
-                    .min(Duration::from_millis(100)),
-                None => Duration::from_millis(100),
-            };
-            match consumer.poll(timeout) {
-                Some(Ok(message)) => {
-                    self.metrics.messages_consumed.inc();
-                    let generation = context.generation();
-                    if open.as_ref().is_some_and(|b| b.generation != generation) {
-                        open = None;
-                    }
-                    let batch = open.get_or_insert_with(|| {
-                        opened_at = Instant::now();
-                        number += 1;
-                        Batch {
-                            number,
-                            generation,
-                            messages: Vec::with_capacity(self.max_messages.min(1024)),
-                            closed_at: opened_at,
-                        }
-                    });
-                    batch.messages.push(InputMessage {
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                        timestamp_ms: message.timestamp().to_millis(),
-                    });
-                }
-                Some(Err(error)) => {
-                    let code = error.rdkafka_error_code();
-                    if code.is_some_and(is_fatal_code) {
-                        error!(%error, "the consumer was refused");
-                        context.set_fatal(format!("Kafka consumer: {error}"));
-                    } else if code == Some(RDKafkaErrorCode::PartitionEOF) {
-                        // Not enabled, but harmless.
-                    } else {
-                        warn!(%error, "consumer error");
-                    }
-                }
-                None => {}
-            }
-            // Close the open batch when it is full or old enough, if nothing is held.
-            let due = open.as_ref().is_some_and(|b| {
-                b.messages.len() >= self.max_messages || opened_at.elapsed() >= self.max_wait
-            });
-            if due
-                && held.is_none()
-                && let Some(mut batch) = open.take()
-            {
-                batch.closed_at = Instant::now();
-                held = Some(batch);
+            self.poll_once();
+            let now = Instant::now();
+            if self.held.is_none() && self.builder.is_due(now) {
+                self.held = self.builder.take(now);
             }
         }
         // Leave the group now rather than when the last reference goes.
-        consumer.unsubscribe();
+        self.consumer.unsubscribe();
         debug!("consume loop ended");
+    }
+
+    /// Batches of an older generation will be redelivered: drop them.
+    fn drop_stale(&mut self, generation: u64) {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|b| b.generation != generation)
+        {
+            self.held = None;
+        }
+        self.builder.discard_stale(generation);
+    }
+
+    /// A stop: no more fetching; the open batch is handed over if nothing else is held.
+    fn begin_stop(&mut self) {
+        self.stopping = true;
+        set_paused(&self.consumer, true);
+        if let Some(batch) = self.builder.take(Instant::now()) {
+            if self.held.is_none() {
+                self.held = Some(batch);
+            } else {
+                // Two batches in hand at a stop: the pipeline will not reach the second within
+                // the grace period anyway; it will be redelivered.
+                debug!("dropping the open batch at shutdown; it will be redelivered");
+            }
+        }
+    }
+
+    /// Hands the held batch over, or waits a little for room, or keeps the partitions paused
+    /// until there is room.
+    fn hand_over(&mut self, generation: u64) -> Next {
+        let Some(batch) = self.held.take() else {
+            return Next::Poll;
+        };
+        let Some(sender) = self.batches.clone() else {
+            return Next::Leave;
+        };
+        match sender.try_send(batch) {
+            Ok(()) => {
+                if self.paused.take().is_some() && !self.stopping {
+                    set_paused(&self.consumer, false);
+                }
+                Next::Poll
+            }
+            Err(mpsc::error::TrySendError::Full(batch)) => {
+                let waited = batch.closed_at.elapsed();
+                self.held = Some(batch);
+                if self.paused == Some(generation) || self.stopping {
+                    // Paused: poll to serve callbacks.
+                    Next::Poll
+                } else if waited < PAUSE_AFTER {
+                    // The pipeline usually frees a slot within one batch time. Wait without
+                    // polling: pausing would drop librdkafka's prefetched messages, which it
+                    // would then fetch again.
+                    self.wait_for_room(&sender, PAUSE_AFTER - waited);
+                    Next::Turn
+                } else {
+                    set_paused(&self.consumer, true);
+                    self.paused = Some(generation);
+                    Next::Poll
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Next::Leave,
+        }
+    }
+
+    /// Blocks until the channel has room, `at_most` passes, or the loop must close.
+    fn wait_for_room(&self, sender: &mpsc::Sender<Batch>, at_most: Duration) {
+        let close = self.close.clone();
+        self.runtime.block_on(async {
+            tokio::select! {
+                // The permit is dropped at once: the next turn sends the batch.
+                _ = sender.reserve() => {}
+                () = close.cancelled() => {}
+                () = tokio::time::sleep(at_most) => {}
+            }
+        });
+    }
+
+    /// Polls once (at most until the open batch is due) and adds what arrived to the batch.
+    fn poll_once(&mut self) {
+        let timeout = self.builder.time_left(Instant::now(), POLL_AT_MOST);
+        match self.consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                self.metrics.messages_consumed.inc();
+                let generation = self.consumer.context().hooks().current();
+                let input = InputMessage {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                };
+                self.builder.push(generation, input, Instant::now());
+            }
+            Some(Err(error)) => {
+                let code = error.rdkafka_error_code();
+                if code.is_some_and(is_fatal_code) {
+                    error!(%error, "the consumer was refused");
+                    self.consumer
+                        .context()
+                        .fatal()
+                        .report("consumer's request", error);
+                } else if code == Some(RDKafkaErrorCode::PartitionEOF) {
+                    // Not enabled, but harmless.
+                } else {
+                    warn!(%error, "consumer error");
+                }
+            }
+            None => {}
+        }
     }
 }
 
@@ -417,35 +348,5 @@ fn set_paused(consumer: &WriterConsumer, paused: bool) {
     match result {
         Ok(()) => debug!(paused, "assigned partitions paused or resumed"),
         Err(error) => warn!(%error, paused, "cannot pause or resume the assigned partitions"),
-    }
-}
-
-/// What librdkafka's statistics tell operators, for any of the services: whether a broker
-/// connection is up (to `set_broker`), and each partition's consumer lag on `topic` (to `lag`,
-/// labelled by topic and partition).
-pub fn report_statistics(
-    statistics: &Statistics,
-    topic: &str,
-    set_broker: impl FnOnce(bool, Option<String>),
-    lag: &prometheus_client::metrics::family::Family<
-        Vec<(&'static str, String)>,
-        prometheus_client::metrics::gauge::Gauge,
-    >,
-) {
-    let up = statistics
-        .brokers
-        .values()
-        .any(|b| b.nodeid >= 0 && b.state == "UP");
-    set_broker(up, (!up).then(|| "no broker connection is up".to_owned()));
-    if let Some(stats) = statistics.topics.get(topic) {
-        for (partition, stats) in &stats.partitions {
-            if *partition >= 0 && stats.consumer_lag >= 0 {
-                lag.get_or_create(&vec![
-                    ("topic", topic.to_owned()),
-                    ("partition", partition.to_string()),
-                ])
-                .set(stats.consumer_lag);
-            }
-        }
     }
 }

@@ -17,7 +17,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::consumer::{InputMessage, WriterConsumer, is_fatal_code};
+use schema::topics::dead_letter_headers as headers;
+use service_kit::kafka::is_fatal_code;
+
+use super::batch::InputMessage;
+use super::consume::WriterConsumer;
 use super::settings::DeliveryMode;
 use crate::outcome::Rejection;
 
@@ -64,22 +68,6 @@ impl OutRecord {
         }
         record
     }
-}
-
-/// Names of the dead-letter headers.
-pub mod headers {
-    /// The reject reason class (`conflict`, `invalid`, ...).
-    pub const REASON: &str = "butler_writer.reason";
-    /// What exactly was wrong.
-    pub const ERROR: &str = "butler_writer.error";
-    /// The topic the message came from.
-    pub const SOURCE_TOPIC: &str = "butler_writer.source.topic";
-    /// Its partition, in decimal.
-    pub const SOURCE_PARTITION: &str = "butler_writer.source.partition";
-    /// Its offset, in decimal.
-    pub const SOURCE_OFFSET: &str = "butler_writer.source.offset";
-    /// The writer version that rejected it.
-    pub const WRITER_VERSION: &str = "butler_writer.version";
 }
 
 /// The dead-letter record of a rejected message: its original key and value, unchanged, and
@@ -138,36 +126,59 @@ pub fn offsets_after(topic: &str, messages: &[InputMessage]) -> TopicPartitionLi
     list
 }
 
-/// Why a delivery failed, by what to do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
+/// What to do about a failed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryFailure {
     /// Try again after a backoff.
-    #[error("{0}")]
-    Retry(String),
+    Retry,
     /// This writer no longer owns the batch's partitions: abandon it (it will be redelivered).
-    #[error("{0}")]
-    Abandon(String),
+    Abandon,
     /// Stop the process.
-    #[error("{0}")]
-    Stop(String),
+    Stop,
 }
 
-fn classify(error: &KafkaError, what: &str) -> DeliveryError {
-    let text = format!("{what}: {error}");
-    if let KafkaError::Transaction(txn) = error
-        && txn.is_fatal()
-    {
-        return DeliveryError::Stop(text);
+/// A delivery that failed: what was being done, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}")]
+pub struct DeliveryError {
+    /// What to do about it.
+    pub failure: DeliveryFailure,
+    /// What was being done ("committing the transaction").
+    pub doing: String,
+    /// librdkafka's error, or a failed task.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl DeliveryError {
+    fn task(doing: &str, error: tokio::task::JoinError) -> Self {
+        Self {
+            failure: DeliveryFailure::Retry,
+            doing: doing.to_owned(),
+            source: Box::new(error),
+        }
     }
-    match error.rdkafka_error_code() {
-        Some(code) if is_fatal_code(code) => DeliveryError::Stop(text),
-        Some(
-            RDKafkaErrorCode::IllegalGeneration
-            | RDKafkaErrorCode::UnknownMemberId
-            | RDKafkaErrorCode::RebalanceInProgress
-            | RDKafkaErrorCode::FencedInstanceId,
-        ) => DeliveryError::Abandon(text),
-        _ => DeliveryError::Retry(text),
+}
+
+fn classify(error: KafkaError, doing: &str) -> DeliveryError {
+    let failure = match (&error, error.rdkafka_error_code()) {
+        (KafkaError::Transaction(txn), _) if txn.is_fatal() => DeliveryFailure::Stop,
+        (_, Some(code)) if is_fatal_code(code) => DeliveryFailure::Stop,
+        (
+            _,
+            Some(
+                RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::UnknownMemberId
+                | RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::FencedInstanceId,
+            ),
+        ) => DeliveryFailure::Abandon,
+        _ => DeliveryFailure::Retry,
+    };
+    DeliveryError {
+        failure,
+        doing: doing.to_owned(),
+        source: Box::new(error),
     }
 }
 
@@ -243,9 +254,12 @@ impl Delivery {
             match result {
                 Ok(_) => delivered[i] = true,
                 Err(error) => {
-                    failure.get_or_insert_with(|| {
-                        classify(&error, &format!("producing to {}", records[i].topic))
-                    });
+                    if failure.is_none() {
+                        failure = Some(classify(
+                            error,
+                            &format!("producing to {}", records[i].topic),
+                        ));
+                    }
                 }
             }
         }
@@ -256,8 +270,8 @@ impl Delivery {
         let offsets = offsets.clone();
         tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
             .await
-            .map_err(|e| DeliveryError::Retry(format!("commit task failed: {e}")))?
-            .map_err(|e| classify(&e, "committing offsets"))
+            .map_err(|e| DeliveryError::task("committing offsets", e))?
+            .map_err(|e| classify(e, "committing offsets"))
     }
 
     async fn transactional(
@@ -271,7 +285,9 @@ impl Delivery {
         let offsets = offsets.clone();
         tokio::task::spawn_blocking(move || {
             let result = transaction(&producer, &consumer, &records, &offsets);
-            if let Err(DeliveryError::Retry(_) | DeliveryError::Abandon(_)) = &result {
+            if let Err(error) = &result
+                && error.failure != DeliveryFailure::Stop
+            {
                 // Leave the producer ready for the next try; a failed abort of a transaction that
                 // never began is harmless.
                 let _ = producer.abort_transaction(KAFKA_CALL_TIMEOUT);
@@ -279,7 +295,7 @@ impl Delivery {
             result
         })
         .await
-        .map_err(|e| DeliveryError::Retry(format!("transaction task failed: {e}")))?
+        .map_err(|e| DeliveryError::task("running the transaction", e))?
     }
 }
 
@@ -291,22 +307,24 @@ fn transaction(
 ) -> Result<(), DeliveryError> {
     producer
         .begin_transaction()
-        .map_err(|e| classify(&e, "beginning a transaction"))?;
+        .map_err(|e| classify(e, "beginning a transaction"))?;
     for record in records {
         // Delivery is confirmed by the commit, which flushes; the futures are not needed.
         producer
             .send_result(record.future_record())
-            .map_err(|(e, _)| classify(&e, &format!("producing to {}", record.topic)))?;
+            .map_err(|(e, _)| classify(e, &format!("producing to {}", record.topic)))?;
     }
-    let group = consumer
-        .group_metadata()
-        .ok_or_else(|| DeliveryError::Retry("the consumer has no group metadata yet".to_owned()))?;
+    let group = consumer.group_metadata().ok_or_else(|| DeliveryError {
+        failure: DeliveryFailure::Retry,
+        doing: "sending offsets to the transaction".to_owned(),
+        source: "the consumer has no group metadata yet".into(),
+    })?;
     producer
         .send_offsets_to_transaction(offsets, &group, KAFKA_CALL_TIMEOUT)
-        .map_err(|e| classify(&e, "sending offsets to the transaction"))?;
+        .map_err(|e| classify(e, "sending offsets to the transaction"))?;
     producer
         .commit_transaction(KAFKA_CALL_TIMEOUT)
-        .map_err(|e| classify(&e, "committing the transaction"))
+        .map_err(|e| classify(e, "committing the transaction"))
 }
 
 #[cfg(test)]

@@ -1,16 +1,14 @@
 //! Prometheus metrics, all named `butler_writer_*`, served at `/metrics`.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use service_kit::metrics::{CommonMetrics, Exposition, Labels, render};
 
-use crate::outcome::RejectReason;
-
-/// A metric's labels: name and value pairs.
-type Labels = Vec<(&'static str, String)>;
+use super::batch::Batch;
+use crate::outcome::{BatchOutcome, RejectReason};
 
 /// Every metric of the writer.
 #[derive(Debug)]
@@ -26,8 +24,8 @@ pub struct Metrics {
     pub datasets_already_present: Counter,
     /// Messages dead-lettered, by reason.
     pub messages_rejected: Family<Labels, Counter>,
-    /// Retries, by stage (`database`, `batch_file`, `kafka`).
-    pub retries: Family<Labels, Counter>,
+    /// Readiness, consumer lag and retries by stage (`database`, `batch_file`, `kafka`).
+    pub common: CommonMetrics,
     /// From a batch closing to its commit to Kafka.
     pub batch_seconds: Histogram,
     /// The registry engine's time for one batch.
@@ -36,12 +34,8 @@ pub struct Metrics {
     pub produce_to_commit_seconds: Histogram,
     /// Messages in a batch.
     pub batch_messages: Histogram,
-    /// Messages behind the end of each assigned partition, as librdkafka last reported it.
-    pub consumer_lag: Family<Labels, Gauge>,
     /// 1 while the circuit breaker holds consumption.
     pub breaker_open: Gauge,
-    /// 1 while `/readyz` says ready.
-    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -61,14 +55,12 @@ impl Metrics {
             datasets_ingested: Counter::default(),
             datasets_already_present: Counter::default(),
             messages_rejected: Family::default(),
-            retries: Family::default(),
+            common: CommonMetrics::default(),
             batch_seconds: seconds(),
             database_seconds: seconds(),
             produce_to_commit_seconds: seconds(),
             batch_messages: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-            consumer_lag: Family::default(),
             breaker_open: Gauge::default(),
-            ready: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -96,11 +88,9 @@ impl Metrics {
             "Messages sent to the dead-letter topic, by reason",
             metrics.messages_rejected.clone(),
         );
-        registry.register(
-            "retries",
-            "Retries after a transient failure, by stage: database, batch_file, kafka",
-            metrics.retries.clone(),
-        );
+        metrics
+            .common
+            .register(&mut registry, "database, batch_file, kafka");
         registry.register(
             "batch_seconds",
             "From a batch closing to its commit to Kafka",
@@ -122,19 +112,9 @@ impl Metrics {
             metrics.batch_messages.clone(),
         );
         registry.register(
-            "consumer_lag",
-            "Messages behind the end of each assigned partition",
-            metrics.consumer_lag.clone(),
-        );
-        registry.register(
             "breaker_open",
             "1 while the circuit breaker holds consumption",
             metrics.breaker_open.clone(),
-        );
-        registry.register(
-            "ready",
-            "1 while the writer is ready",
-            metrics.ready.clone(),
         );
         Self {
             registry,
@@ -144,9 +124,7 @@ impl Metrics {
 
     /// Counts a retry at `stage`.
     pub fn retry(&self, stage: &'static str) {
-        self.retries
-            .get_or_create(&vec![("stage", stage.to_owned())])
-            .inc();
+        self.common.retry(stage);
     }
 
     /// Counts a batch by result.
@@ -163,11 +141,36 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut text, &self.registry);
-        text
+    /// Counts a batch whose results reached Kafka (`now_ms`: the time, for the latency from each
+    /// message's Kafka timestamp).
+    pub fn announced(&self, batch: &Batch, outcome: &BatchOutcome, now_ms: i64) {
+        self.batch("committed");
+        self.datasets_ingested.inc_by(outcome.ingested.len() as u64);
+        self.datasets_already_present
+            .inc_by(outcome.already_present.len() as u64);
+        for rejection in &outcome.rejected {
+            self.rejected(rejection.reason);
+        }
+        #[allow(clippy::cast_precision_loss)]
+        self.batch_messages.observe(batch.messages.len() as f64);
+        self.batch_seconds
+            .observe(batch.closed_at.elapsed().as_secs_f64());
+        for message in &batch.messages {
+            if let Some(ts) = message.timestamp_ms {
+                #[allow(clippy::cast_precision_loss)]
+                self.produce_to_commit_seconds
+                    .observe((now_ms - ts).max(0) as f64 / 1000.0);
+            }
+        }
+    }
+}
+
+impl Exposition for Metrics {
+    fn common(&self) -> &CommonMetrics {
+        &self.common
+    }
+
+    fn render(&self) -> String {
+        render(&self.registry)
     }
 }

@@ -2,119 +2,194 @@
 //! `batch-ingested` events and dead-letter records out.
 //!
 //! # Layout
-//! - [`settings`]: what the service runs with, validated.
-//! - [`consumer`]: the consume loop (its own thread): batches, back-pressure, rebalances.
-//! - [`pipeline`]: ingest (concurrent) and commit (in order) stages, retries, the circuit breaker.
+//! - [`settings`]: what the service runs with, validated; [`cli`]: `butler-writer serve`.
+//! - [`consume`]: the consume loop (its own thread): back-pressure, rebalances.
+//! - [`batch`]: the batch being filled, closed at N messages or T milliseconds.
+//! - [`pipeline`]: the ingest (concurrent) and announce (in order) stages, with retries.
+//! - [`breaker`]: the circuit breaker that holds consumption when nearly everything is rejected.
 //! - [`delivery`]: events, dead-letter records and offsets to Kafka, transactional or not.
-//! - [`health`], [`metrics`], [`http`]: what operators see.
+//! - [`metrics`]: the writer's metrics; health and the HTTP endpoints are the service kit's.
+//! - [`faults`]: the seam tests break the writer through.
 //!
-//! [`Service::start`] opens everything and returns once the writer is running; a test drives it
-//! through [`Service::shutdown`], [`Service::wait`] and [`Service::http_address`].
+//! [`Service::start`] opens everything and returns once the writer is running; `serve` and tests
+//! drive it through [`ServiceHandle`] (its address, health, shutdown and end).
 
+pub mod batch;
+pub mod breaker;
 pub mod cli;
-pub mod consumer;
+pub mod consume;
 pub mod delivery;
-pub mod health;
-pub mod http;
+pub mod faults;
 pub mod metrics;
 pub mod pipeline;
 pub mod settings;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use butler_repository::{ButlerConfig, ErrorClass, PoolSettings, RepositoryError};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use resources::ResourcePath;
+use service_kit::context::{KafkaContext, KafkaRefused};
+use service_kit::health::Dependency;
+use service_kit::http::{BindError, HttpServer, Metadata, Operations, operations};
+use service_kit::kafka::is_fatal_code;
+use service_kit::lifecycle::run_to_end;
+use service_kit::{
+    Backoff, CancellationToken, Chain, ConfigError, Health, Running, ServiceHandle, TaskFailed,
+};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-pub use settings::{DeliveryMode, KafkaSettings, SecurityProtocol, Settings};
+pub use settings::{DeliveryMode, Settings};
 
-use self::consumer::{ConsumeLoop, WriterConsumer, WriterContext};
-use self::delivery::Delivery;
-use self::health::Health;
+use self::batch::{Batch, BatchBuilder};
+use self::consume::{ConsumeLoop, ConsumeParts, Generations, WriterConsumer};
+use self::delivery::{Delivery, DeliveryError};
+use self::faults::{FaultInjector, InjectedFault, NoFaults};
 use self::metrics::Metrics;
-use self::pipeline::{Backoff, Pipeline};
-use crate::error::ErrorClass;
-use crate::registry::{OpenOptions, Registry};
-use crate::repository::ButlerConfig;
+use self::pipeline::{BREAKER_HOLD, Pipeline};
+use crate::error::EngineError;
+use crate::registry::{Registry, StartupError};
 
-/// Why the service stopped.
+/// The writer's Kafka clients and database connections go by this name.
+pub const CLIENT_ID: &str = "butler-writer";
+
+/// Why the service could not start, or stopped. Each is a reason retrying cannot help; the
+/// writer retries everything else itself. An operator gets it on one line with its causes
+/// ([`service_kit::chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// Configuration, credentials, permissions, an unsupported registry: retrying cannot help.
-    #[error("{0}")]
-    Fatal(String),
-    /// A fault a test asked for ([`settings::FaultPlan`]).
-    #[error("stopped by an injected fault")]
-    InjectedCrash,
+    /// A setting cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `butler.yaml` cannot be read or used.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    /// The registry cannot be served.
+    #[error(transparent)]
+    Registry(#[from] StartupError),
+    /// The registry database refused the writer while it ran (privileges, a table gone).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Batch files cannot be written.
+    #[error("cannot write batch files to {directory}")]
+    BatchFiles {
+        /// The batch-file directory.
+        directory: String,
+        /// Why.
+        #[source]
+        source: resources::Error,
+    },
+    /// The HTTP endpoints cannot listen.
+    #[error(transparent)]
+    Http(#[from] BindError),
+    /// librdkafka refused to create a client.
+    #[error("cannot create the Kafka {client}")]
+    KafkaClient {
+        /// `consumer` or `producer`.
+        client: &'static str,
+        /// Why.
+        #[source]
+        source: KafkaError,
+    },
+    /// The broker refused the transactional id.
+    #[error(
+        "the broker refused transactional id {id} (a broker without transactions needs BUTLER_WRITER_DELIVERY=idempotent)"
+    )]
+    Transactions {
+        /// The transactional id.
+        id: String,
+        /// Why.
+        #[source]
+        source: KafkaError,
+    },
+    /// Kafka refused the credentials or permissions.
+    #[error(transparent)]
+    KafkaRefused(#[from] KafkaRefused),
+    /// Kafka refused a batch's results for good (fenced, unauthorized).
+    #[error("delivering a batch's results to Kafka")]
+    Delivery(#[source] DeliveryError),
+    /// The consume loop's thread could not start.
+    #[error("cannot start the consume loop")]
+    Thread(#[source] std::io::Error),
+    /// A task of the service failed.
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
+    /// A test's fault injector stopped the writer.
+    #[error(transparent)]
+    Injected(#[from] InjectedFault),
 }
 
-/// A running writer.
+/// A running writer. Its address, health, shutdown and end are [`ServiceHandle`]'s.
 #[derive(Debug)]
 pub struct Service {
-    http_address: SocketAddr,
-    health: Arc<Health>,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-    shutdown_requested: Arc<tokio::sync::Notify>,
-    task: JoinHandle<Result<(), ServiceError>>,
+    running: Running<ServiceError>,
 }
 
 impl Service {
     /// Validates the settings, opens the registry (waiting while the database is unavailable),
     /// connects to Kafka, binds the HTTP endpoints and starts consuming.
     pub async fn start(settings: Settings) -> Result<Self, ServiceError> {
-        settings.validate().map_err(ServiceError::Fatal)?;
+        Self::start_with_faults(settings, Arc::new(NoFaults)).await
+    }
+
+    /// [`start`](Self::start), with a test's fault injector on the pipeline.
+    pub async fn start_with_faults(
+        settings: Settings,
+        faults: Arc<dyn FaultInjector>,
+    ) -> Result<Self, ServiceError> {
+        settings.validate()?;
         let settings = Arc::new(settings);
-        let health = Arc::new(Health::new());
+        let health = Arc::new(
+            Health::new(&[Dependency::Broker, Dependency::Database]).with_hold(BREAKER_HOLD),
+        );
         let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
 
         let registry = Arc::new(open_registry(&settings, &health).await?);
         let output_directory = ResourcePath::parse(&settings.output_directory)
-            .map_err(|e| ServiceError::Fatal(format!("OUTPUT_DATASET_LIST_DIRECTORY: {e}")))?
+            .map_err(|e| ConfigError::caused_by("OUTPUT_DATASET_LIST_DIRECTORY", e))?
             .as_dir();
-
-        let listener = tokio::net::TcpListener::bind(settings.http_address)
-            .await
-            .map_err(|e| {
-                ServiceError::Fatal(format!(
-                    "cannot listen on {} for the HTTP endpoints: {e}",
-                    settings.http_address
-                ))
-            })?;
-        let http_address = listener
-            .local_addr()
-            .map_err(|e| ServiceError::Fatal(format!("HTTP listener: {e}")))?;
+        let http_stop = CancellationToken::new();
+        let http = HttpServer::start(
+            settings.http_address,
+            operations(Operations {
+                metadata: metadata(),
+                health: Arc::clone(&health),
+                metrics: Arc::clone(&metrics) as Arc<dyn service_kit::metrics::Exposition>,
+                stall_timeout: settings.stall_timeout,
+            }),
+            http_stop.clone(),
+        )
+        .await?;
+        let http_address = http.address();
 
         let gate = Arc::new(tokio::sync::Mutex::new(()));
         let consumer = Arc::new(create_consumer(&settings, &health, &metrics, &gate)?);
         let producer = create_producer(&settings).await?;
         let delivery = Delivery::new(producer, Arc::clone(&consumer), settings.delivery);
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let closed = Arc::new(AtomicBool::new(false));
+        let close = CancellationToken::new();
         let (batch_tx, batch_rx) = mpsc::channel(1);
-        let consume_loop = ConsumeLoop {
+        let consume_loop = ConsumeLoop::new(ConsumeParts {
             consumer: Arc::clone(&consumer),
             batches: batch_tx,
-            max_messages: settings.batch.max_messages,
-            max_wait: settings.batch.max_wait,
-            stop: Arc::clone(&stop),
-            closed: Arc::clone(&closed),
+            builder: BatchBuilder::new(settings.batch.max_messages, settings.batch.max_wait),
+            shutdown: shutdown.clone(),
+            close: close.clone(),
             health: Arc::clone(&health),
             metrics: Arc::clone(&metrics),
-        };
+            runtime: tokio::runtime::Handle::current(),
+        });
         let consume_thread = std::thread::Builder::new()
             .name("consume-loop".to_owned())
             .spawn(move || consume_loop.run())
-            .map_err(|e| ServiceError::Fatal(format!("cannot start the consume loop: {e}")))?;
+            .map_err(ServiceError::Thread)?;
 
         let pipeline = Arc::new(Pipeline {
             registry,
@@ -125,27 +200,9 @@ impl Service {
             gate,
             health: Arc::clone(&health),
             metrics: Arc::clone(&metrics),
-            stop: Arc::clone(&stop),
+            shutdown: shutdown.clone(),
+            faults,
         });
-
-        let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let router = http::router(http::HttpState {
-            health: Arc::clone(&health),
-            metrics: Arc::clone(&metrics),
-            stall_timeout: settings.stall_timeout,
-        });
-        let http_task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = http_stop_rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                error!(error = %e, "the HTTP endpoints failed");
-            }
-        });
-
-        let shutdown_requested = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(supervise(Supervised {
             pipeline,
             batch_rx,
@@ -153,166 +210,119 @@ impl Service {
             consume_thread,
             delivery,
             settings,
-            stop: Arc::clone(&stop),
-            closed,
+            shutdown: shutdown.clone(),
+            close,
             health: Arc::clone(&health),
-            shutdown_requested: Arc::clone(&shutdown_requested),
-            http_stop: http_stop_tx,
-            http_task,
+            http,
+            http_stop,
         }));
         info!(%http_address, "butler-writer started");
         Ok(Self {
-            http_address,
-            health,
             metrics,
-            stop,
-            shutdown_requested,
-            task,
+            running: Running::new(http_address, health, shutdown, task),
         })
-    }
-
-    /// Where the HTTP endpoints listen.
-    pub fn http_address(&self) -> SocketAddr {
-        self.http_address
-    }
-
-    /// Readiness and liveness.
-    pub fn health(&self) -> &Arc<Health> {
-        &self.health
     }
 
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+}
 
-    /// Begins a graceful shutdown: stop fetching, commit the batch in hand, leave the group.
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.shutdown_requested.notify_one();
+impl ServiceHandle for Service {
+    type Error = ServiceError;
+
+    fn running(&self) -> &Running<ServiceError> {
+        &self.running
     }
 
-    /// Waits for the service to end.
-    pub async fn wait(self) -> Result<(), ServiceError> {
-        match self.task.await {
-            Ok(result) => result,
-            Err(e) => Err(ServiceError::Fatal(format!("the service task failed: {e}"))),
-        }
-    }
-
-    /// Runs until `signal` completes, then shuts down gracefully.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServiceError> {
-        let stop = Arc::clone(&self.stop);
-        let notify = Arc::clone(&self.shutdown_requested);
-        let mut task = self.task;
-        tokio::select! {
-            result = &mut task => return flatten(result),
-            () = signal => {
-                info!("shutdown requested");
-                stop.store(true, Ordering::SeqCst);
-                notify.notify_one();
-            }
-        }
-        flatten(task.await)
+    fn into_running(self) -> Running<ServiceError> {
+        self.running
     }
 }
 
-fn flatten(
-    joined: Result<Result<(), ServiceError>, tokio::task::JoinError>,
-) -> Result<(), ServiceError> {
-    joined.unwrap_or_else(|e| Err(ServiceError::Fatal(format!("the service task failed: {e}"))))
+/// `/`: what this service is.
+fn metadata() -> Metadata {
+    Metadata {
+        name: "butler-writer",
+        version: crate::VERSION,
+        description: env!("CARGO_PKG_DESCRIPTION"),
+        repository_url: env!("CARGO_PKG_REPOSITORY"),
+        documentation_url: concat!(env!("CARGO_PKG_REPOSITORY"), "/tree/main/butler-writer"),
+        links: None,
+    }
 }
 
 /// What the supervising task owns.
 struct Supervised {
     pipeline: Arc<Pipeline>,
-    batch_rx: mpsc::Receiver<consumer::Batch>,
+    batch_rx: mpsc::Receiver<Batch>,
     consumer: Arc<WriterConsumer>,
     consume_thread: std::thread::JoinHandle<()>,
     delivery: Delivery,
     settings: Arc<Settings>,
-    stop: Arc<AtomicBool>,
-    closed: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    close: CancellationToken,
     health: Arc<Health>,
-    shutdown_requested: Arc<tokio::sync::Notify>,
-    http_stop: tokio::sync::oneshot::Sender<()>,
-    http_task: JoinHandle<()>,
+    http: HttpServer,
+    http_stop: CancellationToken,
 }
 
-/// Runs the pipeline; watches for fatal Kafka errors and for a shutdown, which gets
-/// `shutdown_grace` to finish the batches in hand.
+/// Runs the pipeline to its end (a fatal Kafka error, or a shutdown with `shutdown_grace` to
+/// finish the batches in hand), then closes everything.
 async fn supervise(s: Supervised) -> Result<(), ServiceError> {
-    let mut pipeline = tokio::spawn(Arc::clone(&s.pipeline).run(s.batch_rx));
-    let consumer = Arc::clone(&s.consumer);
-    let fatal_watch = async move {
-        loop {
-            if let Some(fatal) = consumer.context().fatal() {
-                return fatal;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    let result = tokio::select! {
-        joined = &mut pipeline => flatten(joined),
-        fatal = fatal_watch => {
-            pipeline.abort();
-            Err(ServiceError::Fatal(fatal))
-        }
-        () = s.shutdown_requested.notified() => {
-            s.health.set_stopping();
-            info!(grace_s = s.settings.shutdown_grace.as_secs_f64(), "stopping: finishing the batch in hand");
-            match tokio::time::timeout(s.settings.shutdown_grace, &mut pipeline).await {
-                Ok(joined) => flatten(joined),
-                Err(_) => {
-                    warn!("the shutdown grace period ran out; batches not committed will be redelivered");
-                    pipeline.abort();
-                    Ok(())
-                }
-            }
-        }
-    };
+    let work = tokio::spawn(Arc::clone(&s.pipeline).run(s.batch_rx));
+    let fatal = Arc::clone(s.consumer.context().fatal());
+    let health = Arc::clone(&s.health);
+    let result = run_to_end(
+        work,
+        &s.shutdown,
+        s.settings.shutdown_grace,
+        async move { ServiceError::from(fatal.wait().await) },
+        || health.set_stopping(),
+    )
+    .await;
     // Stop the consume loop and leave the group; nothing more is committed.
-    s.stop.store(true, Ordering::SeqCst);
-    s.closed.store(true, Ordering::SeqCst);
+    s.shutdown.cancel();
+    s.close.cancel();
     let thread = s.consume_thread;
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     let producer = s.delivery.producer().clone();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
-    let _ = s.http_stop.send(());
-    let _ = s.http_task.await;
+    s.http_stop.cancel();
+    s.http.finished().await;
     match &result {
         Ok(()) => info!("butler-writer stopped"),
-        Err(e) => error!(error = %e, "butler-writer stopped on an error"),
+        Err(e) => error!(error = %Chain(e), "butler-writer stopped on an error"),
     }
     result
 }
 
 /// Opens the registry, waiting (with backoff) while the database is unavailable.
 async fn open_registry(settings: &Settings, health: &Health) -> Result<Registry, ServiceError> {
-    let config = ButlerConfig::load(&settings.butler_repository)
-        .await
-        .map_err(|e| ServiceError::Fatal(e.to_string()))?;
-    let options = OpenOptions {
-        max_connections: settings
-            .open_options
-            .max_connections
-            .max(u32::try_from(settings.db_concurrency).unwrap_or(16) + 1),
-        ..settings.open_options.clone()
+    let config = ButlerConfig::load(&settings.butler_repository).await?;
+    // One connection per batch in the database, and one more for health checks and the
+    // statistics refresh.
+    let concurrency = u32::try_from(settings.db_concurrency).unwrap_or(16);
+    let pool = PoolSettings {
+        max_connections: settings.database.max_connections.max(concurrency + 1),
+        ..settings.database.clone()
     };
     let mut backoff = Backoff::new(settings.retry);
     loop {
-        match Registry::open(&config, &options).await {
+        match Registry::open(&config, &pool).await {
             Ok(registry) => {
-                health.set_database(true, None);
+                health.set(Dependency::Database, true, None);
                 return Ok(registry);
             }
             Err(e) if e.class() == ErrorClass::Retry => {
                 let wait = backoff.next_wait();
-                warn!(error = %e, wait_ms = wait.as_millis(), "the registry database is unavailable; waiting");
-                health.set_database(false, Some(e.to_string()));
+                let text = Chain(&e).to_string();
+                warn!(error = %text, wait_ms = wait.as_millis(), "the registry database is unavailable; waiting");
+                health.set(Dependency::Database, false, Some(text));
                 tokio::time::sleep(wait).await;
             }
-            Err(e) => return Err(ServiceError::Fatal(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -323,43 +333,48 @@ fn create_consumer(
     metrics: &Arc<Metrics>,
     gate: &Arc<tokio::sync::Mutex<()>>,
 ) -> Result<WriterConsumer, ServiceError> {
-    let mut config = settings.kafka.client_config(&[
-        ("group.id", &settings.group_id),
-        ("enable.auto.commit", "false"),
-        ("enable.auto.offset.store", "false"),
-        ("auto.offset.reset", "earliest"),
-        // Eager assignors: a rebalance revokes everything, so an uncommitted batch is simply
-        // abandoned and redelivered (see `consumer`).
-        ("partition.assignment.strategy", "range,roundrobin"),
-        // Bounded prefetch per partition: 8 MB keeps a 500-message batch fed from a backlog
-        // (4 MB starved it: 4,000 instead of 6,500 datasets/s) and the writer under 150 MB
-        // (16 MB: 128 MB peak on four partitions, 8 MB: 115 MB).
-        ("queued.max.messages.kbytes", "8192"),
-        ("statistics.interval.ms", "5000"),
-    ]);
-    config.set_log_level(RDKafkaLogLevel::Warning);
-    let context = WriterContext::new(
-        Arc::clone(health),
-        Arc::clone(metrics),
-        Arc::clone(gate),
-        settings.input_topic.clone(),
+    let mut config = settings.kafka.client_config(
+        CLIENT_ID,
+        &[
+            ("group.id", &settings.group_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            // Eager assignors: a rebalance revokes everything, so an uncommitted batch is simply
+            // abandoned and redelivered (see `consume`).
+            ("partition.assignment.strategy", "range,roundrobin"),
+            // Bounded prefetch per partition: 8 MB keeps a 500-message batch fed from a backlog
+            // (4 MB starved it: 4,000 instead of 6,500 datasets/s) and the writer under 150 MB
+            // (16 MB: 128 MB peak on four partitions, 8 MB: 115 MB).
+            ("queued.max.messages.kbytes", "8192"),
+            ("statistics.interval.ms", "5000"),
+        ],
     );
-    let consumer: WriterConsumer = config
-        .create_with_context(context)
-        .map_err(|e| ServiceError::Fatal(format!("cannot create the Kafka consumer: {e}")))?;
-    consumer.subscribe(&[&settings.input_topic]).map_err(|e| {
-        ServiceError::Fatal(format!("cannot subscribe to {}: {e}", settings.input_topic))
-    })?;
+    config.set_log_level(RDKafkaLogLevel::Warning);
+    let context = KafkaContext::new(
+        Arc::clone(health),
+        metrics.common.consumer_lag.clone(),
+        settings.input_topic.clone(),
+        Generations::new(Arc::clone(gate)),
+    );
+    let consumer: WriterConsumer =
+        config
+            .create_with_context(context)
+            .map_err(|source| ServiceError::KafkaClient {
+                client: "consumer",
+                source,
+            })?;
+    consumer
+        .subscribe(&[&settings.input_topic])
+        .map_err(|source| ServiceError::KafkaClient {
+            client: "consumer",
+            source,
+        })?;
     Ok(consumer)
 }
 
 async fn create_producer(settings: &Settings) -> Result<FutureProducer, ServiceError> {
-    let mut properties = vec![
-        ("enable.idempotence", "true"),
-        ("acks", "all"),
-        ("linger.ms", "5"),
-        ("message.timeout.ms", "30000"),
-    ];
+    let mut properties = vec![("message.timeout.ms", "30000")];
     if settings.kafka.debug {
         properties.push(("debug", "all"));
     }
@@ -367,41 +382,46 @@ async fn create_producer(settings: &Settings) -> Result<FutureProducer, ServiceE
         properties.push(("transactional.id", &settings.transactional_id));
         properties.push(("transaction.timeout.ms", "60000"));
     }
-    let mut config = settings.kafka.client_config(&properties);
+    let mut config = settings.kafka.producer_config(CLIENT_ID, &properties);
     config.set_log_level(RDKafkaLogLevel::Warning);
     let producer: FutureProducer = config
         .create()
-        .map_err(|e| ServiceError::Fatal(format!("cannot create the Kafka producer: {e}")))?;
+        .map_err(|source| ServiceError::KafkaClient {
+            client: "producer",
+            source,
+        })?;
     if settings.delivery == DeliveryMode::Transactional {
-        let mut backoff = Backoff::new(settings.retry);
-        loop {
-            let p = producer.clone();
-            let result =
-                tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30)))
-                    .await
-                    .map_err(|e| ServiceError::Fatal(format!("init_transactions: {e}")))?;
-            match result {
-                Ok(()) => break,
-                Err(e) => {
-                    let fatal = match &e {
-                        rdkafka::error::KafkaError::Transaction(t) => {
-                            t.is_fatal() || !t.is_retriable()
-                        }
-                        _ => true,
-                    };
-                    let code = e.rdkafka_error_code();
-                    if fatal || code.is_some_and(consumer::is_fatal_code) {
-                        return Err(ServiceError::Fatal(format!(
-                            "the broker refused transactional id {}: {e} (a broker without transactions needs BUTLER_WRITER_DELIVERY=idempotent)",
-                            settings.transactional_id
-                        )));
-                    }
-                    let wait = backoff.next_wait();
-                    warn!(error = %e, wait_ms = wait.as_millis(), "cannot initialise transactions yet; waiting");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
+        init_transactions(settings, &producer).await?;
     }
     Ok(producer)
+}
+
+/// Registers the transactional id with the broker, waiting while it is unavailable; a broker
+/// that refuses transactions stops the writer with a hint.
+async fn init_transactions(
+    settings: &Settings,
+    producer: &FutureProducer,
+) -> Result<(), ServiceError> {
+    let mut backoff = Backoff::new(settings.retry);
+    loop {
+        let p = producer.clone();
+        let result =
+            tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30)))
+                .await
+                .map_err(TaskFailed)?;
+        let Err(e) = result else { return Ok(()) };
+        let fatal = match &e {
+            KafkaError::Transaction(t) => t.is_fatal() || !t.is_retriable(),
+            _ => true,
+        };
+        if fatal || e.rdkafka_error_code().is_some_and(is_fatal_code) {
+            return Err(ServiceError::Transactions {
+                id: settings.transactional_id.clone(),
+                source: e,
+            });
+        }
+        let wait = backoff.next_wait();
+        warn!(error = %e, wait_ms = wait.as_millis(), "cannot initialise transactions yet; waiting");
+        tokio::time::sleep(wait).await;
+    }
 }

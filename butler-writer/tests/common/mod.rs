@@ -1,5 +1,4 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the parity tools. Fixtures, messages and the writer
+//! under test are `test_support`'s.
 
-pub mod messages;
 pub mod python;
-pub mod service;

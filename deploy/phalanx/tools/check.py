@@ -60,15 +60,22 @@ def argo_globals(environment: str) -> dict[str, Any]:
 
 # Which service each chart's containers run, and where that service reads its environment.
 # `structs`: (file, struct) pairs clap parses for the container's subcommand (`serve`) and the
-# global options; `libraries`: files whose `env.get("X")`, `var("X")`, `var_os("X")` calls are
-# environment reads; `implicit`: variables read by dependencies (tracing's RUST_LOG).
+# global options; `flags`: (file, trait, type) of the service's `impl KafkaArgNames for <type>` and
+# `impl LogArgNames for <type>`, the variables of the service kit's shared broker and logging
+# flags (the broker's cluster required, the rest optional or defaulted);
+# `libraries`: files whose `env.get("X")`, `var("X")`, `var_os("X")` calls are environment reads;
+# `implicit`: variables read by dependencies (tracing's RUST_LOG).
 SERVICES: dict[str, dict[str, Any]] = {
     "butler-writer": {
         "structs": [
             ("butler-writer/src/cli.rs", "Cli"),
             ("butler-writer/src/service/cli.rs", "ServeArgs"),
         ],
-        "libraries": ["resources/src/config.rs", "butler-writer/src/db_auth.rs"],
+        "flags": [
+            ("butler-writer/src/service/cli.rs", "KafkaArgNames", "WriterKafka"),
+            ("butler-writer/src/cli.rs", "LogArgNames", "WriterLog"),
+        ],
+        "libraries": ["resources/src/config.rs", "butler-repository/src/db_auth.rs"],
         "prefixes": ["LSST_RESOURCES_S3_PROFILE_"],
         "implicit": ["RUST_LOG"],
     },
@@ -77,7 +84,11 @@ SERVICES: dict[str, dict[str, Any]] = {
             ("publication-consumer/src/cli.rs", "Cli"),
             ("publication-consumer/src/cli.rs", "ServeArgs"),
         ],
-        "libraries": ["resources/src/config.rs", "butler-writer/src/db_auth.rs"],
+        "flags": [
+            ("publication-consumer/src/cli.rs", "KafkaArgNames", "ConsumerKafka"),
+            ("publication-consumer/src/cli.rs", "LogArgNames", "ConsumerLog"),
+        ],
+        "libraries": ["resources/src/config.rs", "butler-repository/src/db_auth.rs"],
         "prefixes": ["LSST_RESOURCES_S3_PROFILE_"],
         "implicit": ["RUST_LOG"],
     },
@@ -188,6 +199,25 @@ def struct_body(text: str, name: str) -> str:
     return text[match.end() : i - 1]
 
 
+def flag_variables(file: str, trait: str, name: str) -> tuple[set[str], set[str]]:
+    """(read, required): the variables `impl <trait> for <name>` names; of the broker's, the
+    cluster is required."""
+    text = (ROOT / file).read_text()
+    match = re.search(r"impl " + re.escape(trait) + " for " + re.escape(name) + r"\s*\{", text)
+    if not match:
+        raise SystemExit(f"check.py: impl {trait} for {name} not found in {file}")
+    depth, i = 1, match.end()
+    while depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    body = text[match.end() : i - 1]
+    read = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', body))
+    required = set(re.findall(r'cluster:\s*"([A-Z0-9_]+)"', body))
+    if not read or (trait == "KafkaArgNames" and not required):
+        raise SystemExit(f"check.py: no variables found in impl {trait} for {name}")
+    return read, required
+
+
 def service_environment(service: str) -> tuple[set[str], set[str], list[str]]:
     """(read, required, prefixes): every variable the service reads, those it cannot start
     without, and prefixes of variable families it reads."""
@@ -206,6 +236,10 @@ def service_environment(service: str) -> tuple[set[str], set[str], list[str]]:
             defaulted = "default_value" in attrs
             if not optional and not defaulted:
                 required.add(env[1])
+    for flags in spec.get("flags", []):
+        flag_read, flag_required = flag_variables(*flags)
+        read |= flag_read
+        required |= flag_required
     for file in spec["libraries"]:
         text = (ROOT / file).read_text()
         # Library reads outside tests only.
@@ -484,6 +518,8 @@ def cross_check_binaries(report: Report) -> None:
         for file, struct in SERVICES[service]["structs"]:
             body = struct_body((ROOT / file).read_text(), struct)
             from_source.update(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', body))
+        for flags in SERVICES[service].get("flags", []):
+            from_source |= flag_variables(*flags)[0]
         if shown.returncode != 0 or from_help != from_source:
             report.fail(
                 what,

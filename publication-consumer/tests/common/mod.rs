@@ -1,30 +1,35 @@
-//! What the consumer's tests share: the writer's own test helpers (a fixture of broker, fresh
-//! registry, topics and batch directory; realistic pp-output messages), datasets put in the
-//! registry by the writer's engine, batch files and events made by hand, and the consumer
-//! started against them with a manual clock.
+//! What the consumer's tests share, beside `test_support`'s fixture (broker, fresh registry,
+//! topics and batch directory) and messages: datasets put in the registry by the writer's engine,
+//! batch files and events made by hand, and the consumer started against them with a manual
+//! clock.
 
 #![allow(dead_code, unused_imports)]
 
-#[path = "../../../butler-writer/tests/common/messages.rs"]
-pub mod messages;
-#[path = "../../../butler-writer/tests/common/service.rs"]
-pub mod writer;
+pub use test_support::messages;
 
+/// A real writer ahead of the consumer, and what it left.
+pub mod writer {
+    pub use test_support::pipeline::*;
+    pub use test_support::writer::*;
+}
+
+use service_kit::ServiceHandle;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use butler_writer::service::KafkaSettings;
-use butler_writer::service::settings::RetrySettings;
-use butler_writer::{ButlerConfig, OpenOptions, Registry};
+use butler_repository::{ButlerConfig, PoolSettings};
+use butler_writer::Registry;
 use chrono::{DateTime, Utc};
 use publication_consumer::{Clock, Counts, Service, Settings};
 use schema::{BatchIngestedEvent, DatasetBatch};
+use service_kit::{KafkaSettings, RetrySettings};
 use sqlx::AssertSqlSafe;
 use test_support::unique_name;
 use uuid::Uuid;
 
-pub use writer::{Fixture, fixture, http_get, produce};
+pub use test_support::pipeline::{http_get, produce};
+pub use test_support::{Fixture, fixture};
 
 /// The end of the reference visit's (and exposure's) timespan, UTC: every visit the message
 /// factory makes keeps it. TAI 1777683710 s is UTC 1777683673 s.
@@ -61,7 +66,7 @@ pub fn settings(fixture: &Fixture) -> Settings {
 pub async fn start(settings: Settings) -> Service {
     Service::start(settings)
         .await
-        .unwrap_or_else(|e| panic!("the consumer did not start: {e}"))
+        .unwrap_or_else(|e| panic!("the consumer did not start: {}", service_kit::chain(&e)))
 }
 
 /// Stops a consumer and waits for it.
@@ -82,7 +87,7 @@ pub async fn ingest(
     per_batch: usize,
 ) -> Vec<DatasetBatch> {
     let config = ButlerConfig::from_path(&fixture.registry.butler_config).expect("butler.yaml");
-    let registry = Registry::open(&config, &OpenOptions::default())
+    let registry = Registry::open(&config, &PoolSettings::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let factory = messages::MessageFactory::load();

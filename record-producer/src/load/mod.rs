@@ -7,37 +7,102 @@
 //! dead-letter topics. The reader starts from the topics' end offsets taken before the first send,
 //! so it sees exactly what this run caused (plus anything else produced meanwhile, counted as
 //! not ours).
+//!
+//! # Layout
+//! - [`send`]: sending like the fleet, with the injected faults and the delivery reports.
+//! - [`events`]: reading the events (and their batch files) and the dead letters back.
+//! - [`topics`]: creating the writer's topics on a broker of one's own.
+//! - [`publication`]: the publication consumer's counts over HTTP.
+//! - [`progress`]: the progress bar.
 
-use std::collections::HashMap;
-use std::io::Write;
+mod events;
+mod progress;
+mod publication;
+mod send;
+mod topics;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
-use butler_writer::service::KafkaSettings;
-use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Headers;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
-use resources::ResourcePath;
-use schema::{BatchIngestedEvent, DatasetBatch, PromptProcessingOutputEvent};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use service_kit::kafka::{KafkaCallError, failed};
+use service_kit::{CancellationToken, ConfigError, KafkaSettings};
 use tracing::{info, warn};
-use uuid::Uuid;
 
-use crate::focal_plane::{DETECTORS, VisitRegions, visit_regions};
-use crate::messages::{DatasetTypeSpec, WorkerOutput, dataset_ids, default_run};
-use crate::report::{PublicationCounts, Report, Timeline};
-use crate::schedule::{NightPlan, Processing, Send, Visit, night, sends};
-use crate::tracker::{MessageKind, Tracker};
+pub use self::events::EventError;
+pub use self::topics::create_topics;
+
+use self::events::EventReader;
+use self::progress::Progress;
+use self::send::Sender;
+use crate::focal_plane::DETECTORS;
+use crate::messages::DatasetTypeSpec;
+use crate::report::{Report, Timeline};
+use crate::schedule::{NightPlan, Processing, night, sends};
+use crate::tracker::Tracker;
+
+/// The record producer's Kafka clients go by this name.
+pub const CLIENT_ID: &str = "record-producer";
+
+/// Why a load test could not run to its report.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A setting cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The broker refused or did not answer.
+    #[error(transparent)]
+    Kafka(#[from] KafkaCallError),
+    /// A topic the run reads does not exist.
+    #[error("topic {0} does not exist: start the writer first, or pass --create-topics")]
+    MissingTopic(String),
+    /// The broker refused to create a topic.
+    #[error("could not create topic {topic}: {code}")]
+    TopicRefused {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+    /// The producer refused a message.
+    #[error("the producer refused a message")]
+    Produce(#[source] KafkaError),
+    /// A location setting is not usable.
+    #[error("{what} {location:?}")]
+    Location {
+        /// Which setting.
+        what: &'static str,
+        /// Its value.
+        location: String,
+        /// Why.
+        #[source]
+        source: resources::Error,
+    },
+    /// A file could not be written under the datastore root.
+    #[error("writing {path} under the datastore root")]
+    Datastore {
+        /// The file's path in the datastore.
+        path: String,
+        /// Why.
+        #[source]
+        source: resources::Error,
+    },
+    /// The message log could not be written.
+    #[error("writing the message log {}", .path.display())]
+    MessageLog {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task of the run failed.
+    #[error(transparent)]
+    Task(#[from] service_kit::TaskFailed),
+}
 
 /// How messages are paced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,27 +187,29 @@ pub struct LoadSettings {
     pub message_log: Option<PathBuf>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn lock(tracker: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
+pub(crate) fn lock(tracker: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
     // A panic elsewhere leaves the counts as they were; reading them is still right.
     tracker.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs a load test and returns its report.
-pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
+pub async fn run(settings: LoadSettings) -> Result<Report, LoadError> {
     if settings.detectors == 0 || settings.detectors > DETECTORS {
-        bail!("detectors per visit must be 1 to {DETECTORS}");
+        return Err(
+            ConfigError::new(format!("detectors per visit must be 1 to {DETECTORS}")).into(),
+        );
     }
     if settings.dataset_types.is_empty() {
-        bail!("no dataset types to export");
+        return Err(ConfigError::new("no dataset types to export").into());
     }
     if settings.speed.is_nan() || settings.speed <= 0.0 {
-        bail!("speed must be > 0");
+        return Err(ConfigError::new("speed must be > 0").into());
     }
     if let Some(partitions) = settings.create_topics {
         let mut topics = vec![
@@ -153,8 +220,8 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
         create_topics(&settings.kafka, &topics).await?;
     }
     let tracker = Arc::new(Mutex::new(Tracker::default()));
-    let (stop, stopped) = watch::channel(false);
-    let reader = EventReader::start(&settings, tracker.clone(), stopped).await?;
+    let stop = CancellationToken::new();
+    let reader = EventReader::start(&settings, tracker.clone(), stop.clone()).await?;
 
     let visits = night(&settings.plan);
     let mut plan = sends(&visits, settings.processing, settings.plan.seed);
@@ -164,16 +231,14 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
 
     let producer: FutureProducer = settings
         .kafka
-        .client_config(&[
-            ("client.id", "record-producer"),
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("linger.ms", "5"),
-        ])
+        .producer_config(CLIENT_ID, &[])
         .create()
-        .context("creating the Kafka producer")?;
+        .map_err(failed("creating the Kafka producer"))?;
     let started = Instant::now();
-    let send_result = send_all(&settings, &producer, &visits, &plan, &tracker).await;
+    let send_result = match Sender::new(&settings, &producer, &tracker) {
+        Ok(sender) => sender.send_all(&visits, &plan).await,
+        Err(e) => Err(e),
+    };
     let flush = tokio::task::spawn_blocking({
         let producer = producer.clone();
         move || producer.flush(Timeout::After(Duration::from_secs(60)))
@@ -205,8 +270,8 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop.send(true);
-    reader.stop().await;
+    stop.cancel();
+    reader.stopped().await;
     progress.finish();
 
     let mut report = {
@@ -229,468 +294,16 @@ pub async fn run(settings: LoadSettings) -> anyhow::Result<Report> {
             );
             match timeline.plot_svg(path, &title) {
                 Ok(()) => report.plot = Some(path.display().to_string()),
-                Err(e) => warn!(error = %e, path = %path.display(), "could not draw the plot"),
+                Err(e) => {
+                    warn!(error = %service_kit::Chain(&e), path = %path.display(), "could not draw the plot");
+                }
             }
         }
         report
     };
     if let Some(url) = &settings.publication_url {
-        report.publication = publication_counts(url, report.outcome.datasets_ingested).await;
+        report.publication =
+            publication::publication_counts(url, report.outcome.datasets_ingested).await;
     }
     Ok(report)
-}
-
-/// Creates `topics` (name, partitions) where missing, replication 1 (a local broker; Strimzi
-/// creates the deployed ones).
-pub async fn create_topics(kafka: &KafkaSettings, topics: &[(&str, i32)]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka
-        .client_config(&[("client.id", "record-producer")])
-        .create()
-        .context("creating the Kafka admin client")?;
-    let topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|&(name, partitions)| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .context("creating topics")?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => bail!("could not create topic {topic}: {code}"),
-        }
-    }
-    Ok(())
-}
-
-/// Sends every planned message (and injected faults); returns the delivery-report waiters.
-async fn send_all(
-    settings: &LoadSettings,
-    producer: &FutureProducer,
-    visits: &[Visit],
-    plan: &[Send],
-    tracker: &Arc<Mutex<Tracker>>,
-) -> anyhow::Result<JoinSet<()>> {
-    let mut rng = fastrand::Rng::with_seed(settings.plan.seed ^ 0xfa17);
-    let mut regions: HashMap<usize, VisitRegions> = HashMap::new();
-    let runs: Vec<String> = visits
-        .iter()
-        .map(|v| settings.run.clone().unwrap_or_else(|| default_run(v)))
-        .collect();
-    let datastore = settings
-        .datastore_root
-        .as_deref()
-        .map(|root| ResourcePath::parse(root).map(|p| p.as_dir()))
-        .transpose()
-        .context("the datastore root")?;
-    let mut log = match &settings.message_log {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening the message log {}", path.display()))?,
-        )),
-        None => None,
-    };
-    let mut waiters = JoinSet::new();
-    let start = Instant::now();
-    let paced = settings.mode == Mode::Night;
-    let first_at = plan.first().map_or(0.0, |s| s.at_s);
-    for send in plan {
-        if paced {
-            let due = start + Duration::from_secs_f64((send.at_s - first_at) / settings.speed);
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let visit = &visits[send.visit];
-        let visit_regions = regions
-            .entry(send.visit)
-            .or_insert_with(|| visit_regions(visit.pointing));
-        let output = WorkerOutput {
-            visit,
-            regions: visit_regions,
-            run: &runs[send.visit],
-            dataset_types: &settings.dataset_types,
-        };
-        let message = output.message(send.detector);
-        if let Some(root) = &datastore {
-            write_files(root, &message).await?;
-        }
-        let payload = message.to_json();
-        if let Some(log) = &mut log {
-            log_line(log, &payload)?;
-        }
-        let label = format!("visit {} detector {}", visit.id, send.detector);
-        let original = produce(
-            producer,
-            &label,
-            &settings.topic,
-            payload.clone(),
-            MessageKind::Original,
-            dataset_ids(&message).collect(),
-            tracker,
-            &mut waiters,
-        )
-        .await?;
-        let faults = settings.faults;
-        if rng.u32(0..1000) < faults.redeliver_per_mille {
-            let ids = dataset_ids(&message).collect();
-            produce(
-                producer,
-                &label,
-                &settings.topic,
-                payload.clone(),
-                MessageKind::Redelivery,
-                ids,
-                tracker,
-                &mut waiters,
-            )
-            .await?;
-        }
-        if rng.u32(0..1000) < faults.twin_per_mille {
-            let twin = output.twin(&message);
-            let ids = dataset_ids(&twin).collect();
-            let payload = twin.to_json();
-            if let Some(log) = &mut log {
-                log_line(log, &payload)?;
-            }
-            produce(
-                producer,
-                &label,
-                &settings.topic,
-                payload,
-                MessageKind::Twin { of: original },
-                ids,
-                tracker,
-                &mut waiters,
-            )
-            .await?;
-        }
-        if rng.u32(0..1000) < faults.malformed_per_mille {
-            let cut = rng.usize(1..payload.len() - 1);
-            produce(
-                producer,
-                &label,
-                &settings.topic,
-                payload[..cut].to_vec(),
-                MessageKind::Malformed,
-                Vec::new(),
-                tracker,
-                &mut waiters,
-            )
-            .await?;
-        }
-        // Sends come in finishing order, so a visit a few back is done: drop its regions.
-        regions.retain(|&v, _| v + 3 >= send.visit);
-    }
-    if let Some(mut log) = log {
-        log.flush().context("writing the message log")?;
-    }
-    Ok(waiters)
-}
-
-fn log_line(log: &mut impl Write, payload: &[u8]) -> anyhow::Result<()> {
-    log.write_all(payload)
-        .and_then(|()| log.write_all(b"\n"))
-        .context("writing the message log")
-}
-
-/// Writes a placeholder for each file of a message under the datastore root.
-async fn write_files(
-    root: &ResourcePath,
-    message: &PromptProcessingOutputEvent,
-) -> anyhow::Result<()> {
-    for file in &message.datasets {
-        let path = root
-            .join(&file.path)
-            .with_context(|| format!("datastore path {}", file.path))?;
-        let body = format!("record-producer placeholder for {}\n", file.path);
-        path.write(body.into_bytes())
-            .await
-            .with_context(|| format!("writing {}", file.path))?;
-    }
-    Ok(())
-}
-
-/// Hands one message to the producer (waiting while its queue is full) and spawns the wait for
-/// its delivery report; returns the message's index in the tracker.
-#[allow(clippy::too_many_arguments)] // one call site per kind of copy; a struct would only rename them
-async fn produce(
-    producer: &FutureProducer,
-    label: &str,
-    topic: &str,
-    payload: Vec<u8>,
-    kind: MessageKind,
-    ids: Vec<Uuid>,
-    tracker: &Arc<Mutex<Tracker>>,
-    waiters: &mut JoinSet<()>,
-) -> anyhow::Result<usize> {
-    let index = {
-        let mut tracker = lock(tracker);
-        let index = tracker.sent(
-            kind,
-            ids,
-            (kind == MessageKind::Malformed).then_some(payload.as_slice()),
-            now_ms(),
-        );
-        let copy = match kind {
-            MessageKind::Original => "",
-            MessageKind::Redelivery => " (redelivered)",
-            MessageKind::Twin { .. } => " (twin pod)",
-            MessageKind::Malformed => " (malformed)",
-        };
-        tracker.set_label(index, format!("{label}{copy}"));
-        index
-    };
-    let delivery = loop {
-        let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic).payload(&payload);
-        match producer.send_result(record) {
-            Ok(delivery) => break delivery,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => bail!("the producer refused a message: {e}"),
-        }
-    };
-    let tracker = tracker.clone();
-    waiters.spawn(async move {
-        let ok = match delivery.await {
-            Ok(Ok(_)) => true,
-            Ok(Err((e, _))) => {
-                warn!(error = %e, message = index, "delivery failed");
-                false
-            }
-            Err(_) => {
-                warn!(
-                    message = index,
-                    "the producer dropped a message without a report"
-                );
-                false
-            }
-        };
-        lock(&tracker).delivered(index, ok);
-    });
-    Ok(index)
-}
-
-/// Reads `batch-ingested` events and dead letters into the tracker.
-struct EventReader {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl EventReader {
-    async fn start(
-        settings: &LoadSettings,
-        tracker: Arc<Mutex<Tracker>>,
-        mut stopped: watch::Receiver<bool>,
-    ) -> anyhow::Result<Self> {
-        let group = format!("record-producer-{}", Uuid::new_v4().simple());
-        let consumer: StreamConsumer = settings
-            .kafka
-            .client_config(&[
-                ("client.id", "record-producer"),
-                ("group.id", &group),
-                ("enable.auto.commit", "false"),
-                ("isolation.level", "read_committed"),
-                ("auto.offset.reset", "earliest"),
-            ])
-            .create()
-            .context("creating the Kafka consumer for events")?;
-        let mut assignment = TopicPartitionList::new();
-        let mut topics = vec![settings.events_topic.clone()];
-        topics.extend(settings.dead_letter_topic.clone());
-        let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<StreamConsumer> {
-            for topic in &topics {
-                let metadata = consumer
-                    .fetch_metadata(Some(topic), Duration::from_secs(10))
-                    .with_context(|| format!("reading the metadata of topic {topic}"))?;
-                let partitions = metadata
-                    .topics()
-                    .first()
-                    .filter(|t| t.error().is_none())
-                    .map(|t| t.partitions().len())
-                    .unwrap_or(0);
-                if partitions == 0 {
-                    bail!(
-                        "topic {topic} does not exist: start the writer first, or pass --create-topics"
-                    );
-                }
-                for partition in 0..partitions as i32 {
-                    let (_, high) = consumer
-                        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                        .with_context(|| format!("reading the end offsets of {topic}"))?;
-                    assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
-                }
-            }
-            consumer.assign(&assignment)?;
-            Ok(consumer)
-        })
-        .await??;
-        let events_topic = settings.events_topic.clone();
-        let directory = ResourcePath::parse(&settings.output_directory)
-            .map(|p| p.as_dir())
-            .with_context(|| {
-                format!(
-                    "the batch-file directory {:?} (OUTPUT_DATASET_LIST_DIRECTORY)",
-                    settings.output_directory
-                )
-            })?;
-        let task = tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    _ = stopped.changed() => break,
-                    m = consumer.recv() => m,
-                };
-                let message = match message {
-                    Ok(m) => m,
-                    Err(e) => {
-                        warn!(error = %e, "reading events");
-                        continue;
-                    }
-                };
-                let value = message.payload().unwrap_or_default();
-                if message.topic() == events_topic {
-                    let at = message.timestamp().to_millis().unwrap_or_else(now_ms);
-                    match read_batch(&directory, value).await {
-                        Ok(ids) => lock(&tracker).announced(&ids, at),
-                        Err(e) => {
-                            warn!(error = %format!("{e:#}"), "an event could not be read");
-                            lock(&tracker).undecodable_event();
-                        }
-                    }
-                } else {
-                    let reason = message
-                        .headers()
-                        .and_then(|h| {
-                            h.iter()
-                                .find(|h| h.key == "butler_writer.reason")
-                                .and_then(|h| h.value)
-                                .map(|v| String::from_utf8_lossy(v).into_owned())
-                        })
-                        .unwrap_or_else(|| "unknown".to_owned());
-                    let ids: Vec<Uuid> = PromptProcessingOutputEvent::from_json(value)
-                        .map(|m| dataset_ids(&m).collect())
-                        .unwrap_or_default();
-                    lock(&tracker).dead_lettered(value, &ids, &reason);
-                }
-            }
-        });
-        Ok(Self { task })
-    }
-
-    async fn stop(self) {
-        let _ = self.task.await;
-    }
-}
-
-/// The dataset ids of an event's batch file, waiting a little for a file that is not there yet.
-async fn read_batch(directory: &ResourcePath, event: &[u8]) -> anyhow::Result<Vec<Uuid>> {
-    let event = BatchIngestedEvent::from_json(event)?;
-    let path = if event.batch_file.contains("://") {
-        ResourcePath::parse(&event.batch_file)?
-    } else {
-        directory.join(&event.batch_file)?
-    };
-    let mut attempts = 0;
-    let bytes = loop {
-        match path.read().await {
-            Ok(bytes) => break bytes,
-            Err(e) if (e.is_not_found() || e.is_transient()) && attempts < 50 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", event.batch_file)),
-        }
-    };
-    Ok(DatasetBatch::from_json(&bytes)?.datasets)
-}
-
-/// The publication consumer's counts once it has caught up with `ingested` datasets (or after a
-/// minute, as they stand).
-async fn publication_counts(url: &str, ingested: u64) -> Option<PublicationCounts> {
-    let url = format!("{}/api/v1/counts", url.trim_end_matches('/'));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // reqwest is built without a bundled TLS provider (see the workspace manifest); plain HTTP
-    // needs none, but the client insists on one being installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::new();
-    loop {
-        let counts = async {
-            let body = client
-                .get(&url)
-                .send()
-                .await?
-                .error_for_status()?
-                .text()
-                .await?;
-            anyhow::Ok(serde_json::from_str::<PublicationCounts>(&body)?)
-        }
-        .await;
-        match counts {
-            Ok(c) if c.datasets >= ingested || Instant::now() >= deadline => return Some(c),
-            Ok(_) => {}
-            Err(e) if Instant::now() >= deadline => {
-                warn!(error = %format!("{e:#}"), url, "the publication consumer did not answer");
-                return None;
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The progress bar (or, off a terminal, a log line every ten seconds).
-struct Progress {
-    bar: ProgressBar,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Progress {
-    fn start(enabled: bool, expected: u64, tracker: Arc<Mutex<Tracker>>) -> Self {
-        let bar = if enabled {
-            ProgressBar::new(expected)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{wide_bar}] {pos}/{len} datasets ingested  {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        let task = tokio::spawn({
-            let bar = bar.clone();
-            async move {
-                let mut last_log = Instant::now();
-                loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let o = lock(&tracker).outcome();
-                    bar.set_position(o.datasets_ingested);
-                    bar.set_message(format!(
-                        "{} messages sent, {} delivered, {} dead letters",
-                        o.messages_sent,
-                        o.messages_delivered,
-                        o.dead_letter_reasons.values().sum::<u64>()
-                    ));
-                    if bar.is_hidden() && last_log.elapsed() >= Duration::from_secs(10) {
-                        last_log = Instant::now();
-                        info!(
-                            sent = o.messages_sent,
-                            delivered = o.messages_delivered,
-                            ingested = o.datasets_ingested,
-                            expected,
-                            "progress"
-                        );
-                    }
-                }
-            }
-        });
-        Self { bar, task }
-    }
-
-    fn finish(self) {
-        self.task.abort();
-        self.bar.finish_and_clear();
-    }
 }
