@@ -35,6 +35,7 @@ use service_kit::metrics::Exposition;
 use service_kit::{ConfigError, ServiceHandle, TaskFailed, termination};
 
 use crate::service::cli::ServeArgs;
+use crate::service::metrics::Metrics;
 use crate::service::settings::Settings;
 use crate::service::{CLIENT_ID, Service, ServiceError};
 
@@ -200,120 +201,129 @@ pub async fn run(settings: Settings, since: DateTime<Utc>) -> Result<ReplaySumma
     let planner = Arc::new(offsets_client(&settings)?);
     let topic = settings.input_topic.clone();
     let ranges = {
-        let planner = Arc::clone(&planner);
-        let topic = topic.clone();
+        let (planner, topic) = (Arc::clone(&planner), topic.clone());
         tokio::task::spawn_blocking(move || plan(&planner, &topic, since))
             .await
             .map_err(TaskFailed)??
     };
-    for range in &ranges {
-        if range.start == range.low && range.low > 0 {
-            warn!(
-                partition = range.partition,
-                earliest_offset = range.low,
-                "the replay starts at the earliest offset still on the topic: messages older than it are gone, so --since may be past the topic's retention"
-            );
-        }
-    }
-    let messages_to_replay: i64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let mut summary = ReplaySummary::planned(&settings.group_id, since, ranges.clone());
     info!(
         group = %settings.group_id,
         %since,
-        messages_to_replay,
+        messages_to_replay = summary.messages_to_replay,
         partitions = ranges.len(),
         "replay planned"
     );
     {
-        let planner = Arc::clone(&planner);
-        let topic = topic.clone();
-        let ranges = ranges.clone();
+        let (planner, topic, ranges) = (Arc::clone(&planner), topic.clone(), ranges.clone());
         tokio::task::spawn_blocking(move || commit_start(&planner, &topic, &ranges))
             .await
             .map_err(TaskFailed)??;
     }
-
-    let group_id = settings.group_id.clone();
-    let mut summary = ReplaySummary {
-        since: since.to_rfc3339(),
-        group_id,
-        partitions: ranges.clone(),
-        messages_to_replay,
-        messages_consumed: 0,
-        datasets_ingested: 0,
-        datasets_already_present: 0,
-        messages_rejected: 0,
-        elapsed_seconds: 0.0,
-        datasets_per_second: 0.0,
-        complete: messages_to_replay == 0,
-    };
     if summary.complete {
         info!("nothing to replay: no message at or after --since");
         return Ok(summary);
     }
-
     let started = Instant::now();
     let service = Service::start(settings).await?;
     let metrics = Arc::clone(service.metrics());
     let (caught_up_tx, mut caught_up_rx) = tokio::sync::watch::channel(false);
-    let watch = {
-        let planner = Arc::clone(&planner);
-        async move {
-            let mut last_log = Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let planner = Arc::clone(&planner);
-                let topic = topic.clone();
-                let ranges = ranges.clone();
-                let remaining = tokio::task::spawn_blocking(move || {
-                    remaining_messages(&planner, &topic, &ranges)
-                })
-                .await;
-                match remaining {
-                    Ok(Ok(0)) => {
-                        let _ = caught_up_tx.send(true);
-                        return;
-                    }
-                    Ok(Ok(remaining)) => {
-                        if last_log.elapsed() >= Duration::from_secs(10) {
-                            info!(remaining, "replaying");
-                            last_log = Instant::now();
-                        }
-                    }
-                    Ok(Err(e)) => warn!(error = %e, "cannot read the replay group's offsets yet"),
-                    Err(e) => warn!(error = %e, "cannot read the replay group's offsets yet"),
-                }
-            }
-        }
-    };
     let signal = async {
         tokio::select! {
-            () = watch => {}
+            () = watch_progress(planner, topic, ranges, caught_up_tx) => {}
             () = termination() => {}
         }
     };
     service.run_until(signal).await?;
-    let elapsed = started.elapsed().as_secs_f64();
     summary.complete = *caught_up_rx.borrow_and_update();
-    summary.messages_consumed = metrics.messages_consumed.get();
-    summary.datasets_ingested = metrics.datasets_ingested.get();
-    summary.datasets_already_present = metrics.datasets_already_present.get();
-    summary.messages_rejected = rejected_total(&metrics.render());
-    summary.elapsed_seconds = elapsed;
-    summary.datasets_per_second = if elapsed > 0.0 {
-        (summary.datasets_ingested + summary.datasets_already_present) as f64 / elapsed
-    } else {
-        0.0
-    };
+    summary.count(&metrics, started.elapsed().as_secs_f64());
     info!(
         complete = summary.complete,
         messages = summary.messages_consumed,
         datasets_ingested = summary.datasets_ingested,
         datasets_already_present = summary.datasets_already_present,
         messages_rejected = summary.messages_rejected,
-        elapsed_s = elapsed,
+        elapsed_s = summary.elapsed_seconds,
         "replay finished"
     );
     Ok(summary)
+}
+
+impl ReplaySummary {
+    /// The summary of a replay of `ranges`, before it runs.
+    fn planned(group_id: &str, since: DateTime<Utc>, ranges: Vec<PartitionRange>) -> Self {
+        for range in &ranges {
+            if range.start == range.low && range.low > 0 {
+                warn!(
+                    partition = range.partition,
+                    earliest_offset = range.low,
+                    "the replay starts at the earliest offset still on the topic: messages older than it are gone, so --since may be past the topic's retention"
+                );
+            }
+        }
+        let messages_to_replay: i64 = ranges.iter().map(|r| r.end - r.start).sum();
+        Self {
+            since: since.to_rfc3339(),
+            group_id: group_id.to_owned(),
+            partitions: ranges,
+            messages_to_replay,
+            messages_consumed: 0,
+            datasets_ingested: 0,
+            datasets_already_present: 0,
+            messages_rejected: 0,
+            elapsed_seconds: 0.0,
+            datasets_per_second: 0.0,
+            complete: messages_to_replay == 0,
+        }
+    }
+
+    /// Takes what the replay's service did from its metrics.
+    fn count(&mut self, metrics: &Metrics, elapsed: f64) {
+        self.messages_consumed = metrics.messages_consumed.get();
+        self.datasets_ingested = metrics.datasets_ingested.get();
+        self.datasets_already_present = metrics.datasets_already_present.get();
+        self.messages_rejected = rejected_total(&metrics.render());
+        self.elapsed_seconds = elapsed;
+        #[allow(clippy::cast_precision_loss)]
+        let datasets = (self.datasets_ingested + self.datasets_already_present) as f64;
+        self.datasets_per_second = if elapsed > 0.0 {
+            datasets / elapsed
+        } else {
+            0.0
+        };
+    }
+}
+
+/// Watches the replay group's committed offsets every half second (a line every ten seconds)
+/// and says when they reach the end offsets.
+async fn watch_progress(
+    planner: Arc<BaseConsumer>,
+    topic: String,
+    ranges: Vec<PartitionRange>,
+    caught_up: tokio::sync::watch::Sender<bool>,
+) {
+    let mut last_log = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (planner, topic, ranges) = (Arc::clone(&planner), topic.clone(), ranges.clone());
+        let remaining =
+            tokio::task::spawn_blocking(move || remaining_messages(&planner, &topic, &ranges))
+                .await;
+        match remaining {
+            Ok(Ok(0)) => {
+                let _ = caught_up.send(true);
+                return;
+            }
+            Ok(Ok(remaining)) => {
+                if last_log.elapsed() >= Duration::from_secs(10) {
+                    info!(remaining, "replaying");
+                    last_log = Instant::now();
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "cannot read the replay group's offsets yet"),
+            Err(e) => warn!(error = %e, "cannot read the replay group's offsets yet"),
+        }
+    }
 }
 
 /// A consumer that never joins the group: it only plans, commits the start offsets and reads

@@ -200,17 +200,7 @@ pub(crate) fn lock(tracker: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
 
 /// Runs a load test and returns its report.
 pub async fn run(settings: LoadSettings) -> Result<Report, LoadError> {
-    if settings.detectors == 0 || settings.detectors > DETECTORS {
-        return Err(
-            ConfigError::new(format!("detectors per visit must be 1 to {DETECTORS}")).into(),
-        );
-    }
-    if settings.dataset_types.is_empty() {
-        return Err(ConfigError::new("no dataset types to export").into());
-    }
-    if settings.speed.is_nan() || settings.speed <= 0.0 {
-        return Err(ConfigError::new("speed must be > 0").into());
-    }
+    settings.check()?;
     if let Some(partitions) = settings.create_topics {
         let mut topics = vec![
             (settings.topic.as_str(), partitions),
@@ -222,20 +212,57 @@ pub async fn run(settings: LoadSettings) -> Result<Report, LoadError> {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let stop = CancellationToken::new();
     let reader = EventReader::start(&settings, tracker.clone(), stop.clone()).await?;
+    let sent = send(&settings, &tracker).await;
+    if sent.is_ok() {
+        settle(&settings, &tracker).await;
+    }
+    stop.cancel();
+    reader.stopped().await;
+    sent?.finish();
+    let mut report = report(&settings, &lock(&tracker));
+    if let Some(url) = &settings.publication_url {
+        report.publication =
+            publication::publication_counts(url, report.outcome.datasets_ingested).await;
+    }
+    Ok(report)
+}
 
+impl LoadSettings {
+    /// What the command line cannot check on its own.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.detectors == 0 || self.detectors > DETECTORS {
+            return Err(ConfigError::new(format!(
+                "detectors per visit must be 1 to {DETECTORS}"
+            )));
+        }
+        if self.dataset_types.is_empty() {
+            return Err(ConfigError::new("no dataset types to export"));
+        }
+        if self.speed.is_nan() || self.speed <= 0.0 {
+            return Err(ConfigError::new("speed must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Sends the whole plan and waits for every delivery report; returns the progress bar, still
+/// running while the pipeline settles.
+async fn send(
+    settings: &LoadSettings,
+    tracker: &Arc<Mutex<Tracker>>,
+) -> Result<Progress, LoadError> {
     let visits = night(&settings.plan);
     let mut plan = sends(&visits, settings.processing, settings.plan.seed);
     plan.retain(|s| s.detector < settings.detectors);
     let expected = plan.len() as u64 * settings.dataset_types.len() as u64;
     let progress = Progress::start(settings.progress, expected, tracker.clone());
-
     let producer: FutureProducer = settings
         .kafka
         .producer_config(CLIENT_ID, &[])
         .create()
         .map_err(failed("creating the Kafka producer"))?;
     let started = Instant::now();
-    let send_result = match Sender::new(&settings, &producer, &tracker) {
+    let send_result = match Sender::new(settings, &producer, tracker) {
         Ok(sender) => sender.send_all(&visits, &plan).await,
         Err(e) => Err(e),
     };
@@ -250,60 +277,52 @@ pub async fn run(settings: LoadSettings) -> Result<Report, LoadError> {
     let mut waiters = send_result?;
     while waiters.join_next().await.is_some() {}
     info!(
-        messages = lock(&tracker).outcome().messages_sent,
+        messages = lock(tracker).outcome().messages_sent,
         seconds = started.elapsed().as_secs_f64(),
         "every message sent"
     );
+    Ok(progress)
+}
 
-    // Wait for the pipeline to account for every delivered dataset.
+/// Waits for the pipeline to account for every delivered dataset, at most the settle timeout.
+async fn settle(settings: &LoadSettings, tracker: &Mutex<Tracker>) {
     let deadline = Instant::now() + settings.settle_timeout;
-    loop {
-        if lock(&tracker).outcome().is_complete() {
-            break;
-        }
+    while !lock(tracker).outcome().is_complete() {
         if Instant::now() >= deadline {
             warn!(
                 timeout_s = settings.settle_timeout.as_secs_f64(),
                 "gave up waiting: datasets are missing"
             );
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.cancel();
-    reader.stopped().await;
-    progress.finish();
+}
 
-    let mut report = {
-        let tracker = lock(&tracker);
-        let mut report = Report::new(
-            settings.mode.name(),
-            settings.plan.visits,
-            settings.detectors,
-            (settings.mode == Mode::Night).then_some(settings.speed),
-            tracker.outcome(),
-            tracker.sends(),
-            tracker.arrivals(),
+/// The report of what the tracker saw, with its plot when one was asked for.
+fn report(settings: &LoadSettings, tracker: &Tracker) -> Report {
+    let mut report = Report::new(
+        settings.mode.name(),
+        settings.plan.visits,
+        settings.detectors,
+        (settings.mode == Mode::Night).then_some(settings.speed),
+        tracker.outcome(),
+        tracker.sends(),
+        tracker.arrivals(),
+    );
+    report.unaccounted = tracker.unaccounted();
+    if let Some(path) = &settings.plot {
+        let timeline = Timeline::new(tracker.sends(), tracker.arrivals());
+        let title = format!(
+            "{} mode: {} visits x {} detectors",
+            report.mode, report.visits, report.detectors
         );
-        report.unaccounted = tracker.unaccounted();
-        if let Some(path) = &settings.plot {
-            let timeline = Timeline::new(tracker.sends(), tracker.arrivals());
-            let title = format!(
-                "{} mode: {} visits x {} detectors",
-                report.mode, report.visits, report.detectors
-            );
-            match timeline.plot_svg(path, &title) {
-                Ok(()) => report.plot = Some(path.display().to_string()),
-                Err(e) => {
-                    warn!(error = %service_kit::Chain(&e), path = %path.display(), "could not draw the plot");
-                }
+        match timeline.plot_svg(path, &title) {
+            Ok(()) => report.plot = Some(path.display().to_string()),
+            Err(e) => {
+                warn!(error = %service_kit::Chain(&e), path = %path.display(), "could not draw the plot");
             }
         }
-        report
-    };
-    if let Some(url) = &settings.publication_url {
-        report.publication =
-            publication::publication_counts(url, report.outcome.datasets_ingested).await;
     }
-    Ok(report)
+    report
 }
