@@ -213,7 +213,7 @@ fn find_entry(file: &Path, url: &UrlParts) -> Result<Option<AuthEntry>, DbAuthEr
         path: file.to_path_buf(),
         why,
     };
-    check_permissions(file).map_err(fail)?;
+    check_permissions(file)?;
     let text = std::fs::read_to_string(file).map_err(|e| fail(e.to_string()))?;
     let entries: Vec<AuthEntry> = serde_yaml_ng::from_str(&text)
         .map_err(|e| fail(format!("not a list of {{url, username, password}}: {e}")))?;
@@ -234,23 +234,27 @@ fn find_entry(file: &Path, url: &UrlParts) -> Result<Option<AuthEntry>, DbAuthEr
 
 /// daf_butler refuses a credentials file that others can read; so do we.
 #[cfg(unix)]
-fn check_permissions(file: &Path) -> Result<(), String> {
+fn check_permissions(file: &Path) -> Result<(), DbAuthError> {
     use std::os::unix::fs::PermissionsExt;
+    let fail = |why: String| DbAuthError::AuthFile {
+        path: file.to_path_buf(),
+        why,
+    };
     let mode = std::fs::metadata(file)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| fail(e.to_string()))?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
-        return Err(format!(
+        return Err(fail(format!(
             "permissions {:o} let others read it; chmod 600 it",
             mode & 0o777
-        ));
+        )));
     }
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn check_permissions(_file: &Path) -> Result<(), String> {
+fn check_permissions(_file: &Path) -> Result<(), DbAuthError> {
     Ok(())
 }
 

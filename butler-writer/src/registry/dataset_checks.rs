@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::Registry;
 use super::datasets::{PreparedDataset, record_definition, rows};
 use super::model::{Table, ident};
-use super::prepare::{PreparedMessage, group_by_table, live_datasets};
+use super::prepare::{PreparedMessage, live_datasets, per_table};
 use super::rejections::Rejections;
 use crate::outcome::RejectReason;
 use crate::universe::{FieldRole, Universe};
@@ -78,12 +78,8 @@ impl Registry {
         rejections: &mut Rejections,
     ) -> Result<(), DatabaseError> {
         let tables = self.catalog.tables();
-        for (table_name, group) in group_by_table(&live_datasets(prepared, rejections)) {
-            let Some(table) = tables.get(&table_name) else {
-                continue;
-            };
-            let dimensions = &group[0].1.dataset_type.dimensions;
-            let rows: Vec<&PreparedDataset> = group.iter().map(|(_, d)| *d).collect();
+        for (table, rows) in per_table(&tables, &live_datasets(prepared, rejections)) {
+            let dimensions = &rows[0].dataset_type.dimensions;
             let conflicts =
                 find_conflicts(conn, &self.namespace_sql, table, dimensions, &rows, runs)
                     .await
@@ -106,12 +102,8 @@ impl Registry {
         rejections: &mut Rejections,
     ) -> Result<(), DatabaseError> {
         let tables = self.catalog.tables();
-        for (table_name, group) in group_by_table(&live_datasets(prepared, rejections)) {
-            let Some(table) = tables.get(&table_name) else {
-                continue;
-            };
-            let dimensions = &group[0].1.dataset_type.dimensions;
-            let rows: Vec<&PreparedDataset> = group.iter().map(|(_, d)| *d).collect();
+        for (table, rows) in per_table(&tables, &live_datasets(prepared, rejections)) {
+            let dimensions = &rows[0].dataset_type.dimensions;
             let missing = find_missing_dimensions(
                 conn,
                 &self.namespace_sql,

@@ -16,7 +16,7 @@ use super::Registry;
 use super::dataset_checks::RunState;
 use super::datasets::{NULL_COMPONENT, PreparedDataset, record_definition, rows};
 use super::model::{Table, Tables, ident};
-use super::prepare::group_by_table;
+use super::prepare::per_table;
 
 impl Registry {
     /// Writes the datasets that passed the checks (each once) and returns the ids that were new.
@@ -38,11 +38,7 @@ impl Registry {
         }
         let tables = self.catalog.tables();
         let mut new_ids = Vec::new();
-        for (table_name, group) in group_by_table(datasets) {
-            let Some(table) = tables.get(&table_name) else {
-                continue;
-            };
-            let rows: Vec<&PreparedDataset> = group.iter().map(|(_, d)| *d).collect();
+        for (table, rows) in per_table(&tables, datasets) {
             // daf_butler stamps `ingest_date` once per (dimension group, RUN): TAI ns at
             // microsecond resolution.
             let ingest_dates: HashMap<String, i64> =

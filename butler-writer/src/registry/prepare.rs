@@ -6,6 +6,7 @@ use schema::htm::HtmPixelization;
 use schema::{DecodeError, PromptProcessingOutputEvent};
 
 use super::catalog::Layout;
+use super::model::{Table, Tables};
 use super::datasets::{self, PreparedDataset};
 use super::records::{self, PreparedRecord};
 use super::rejections::Rejections;
@@ -93,8 +94,24 @@ pub fn live_datasets<'a>(
         .collect()
 }
 
+/// Datasets by tags table, in a stable order (tables by name), each group with its table; groups
+/// whose table the catalog does not have are left out (their datasets were refused when
+/// prepared).
+pub fn per_table<'a>(
+    tables: &'a Tables,
+    datasets: &[(usize, &'a PreparedDataset)],
+) -> Vec<(&'a Table, Vec<&'a PreparedDataset>)> {
+    group_by_table(datasets)
+        .into_iter()
+        .filter_map(|(name, group)| {
+            let table = tables.get(&name)?;
+            Some((table, group.into_iter().map(|(_, d)| d).collect()))
+        })
+        .collect()
+}
+
 /// Datasets grouped by tags table, in a stable order (tables by name).
-pub fn group_by_table<'a>(
+fn group_by_table<'a>(
     datasets: &[(usize, &'a PreparedDataset)],
 ) -> Vec<(String, Vec<(usize, &'a PreparedDataset)>)> {
     let mut groups: Vec<(String, Vec<(usize, &PreparedDataset)>)> = Vec::new();
