@@ -39,6 +39,12 @@ pub struct WriterLog;
 impl LogArgNames for WriterLog {
     const LEVEL: &'static str = "WRITER_DEBUG_LEVEL";
     const FORMAT: &'static str = "BUTLER_WRITER_LOG_FORMAT";
+    const TARGETS: &'static [&'static str] = &[
+        "butler_writer",
+        "butler_repository",
+        "service_kit",
+        crate::registry::TIMER_TARGET,
+    ];
 }
 
 /// What to do.

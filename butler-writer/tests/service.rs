@@ -13,6 +13,7 @@ use butler_writer::service::faults::{FaultInjector, InjectedFault};
 use butler_writer::service::{Service, ServiceError};
 use rdkafka::message::Message;
 use schema::topics::dead_letter_headers as headers;
+use service_kit::metrics::Exposition;
 use test_support::TestEnv;
 use test_support::messages::{MessageFactory, to_lines};
 use test_support::pipeline::{
@@ -247,6 +248,70 @@ async fn a_crash_before_the_kafka_commit_is_redelivered_and_nothing_is_doubled()
         committed(env.kafka_bootstrap(), &settings.group_id, &topics.input, 1),
         [i64::try_from(lines.len()).unwrap()]
     );
+}
+
+#[tokio::test]
+async fn large_messages_are_batched_by_bytes_and_all_land() {
+    let Fixture {
+        env,
+        registry,
+        topics,
+        dir,
+    } = fixture(1).await;
+    let factory = MessageFactory::load();
+    // 24 messages of about 800 kB (under librdkafka's default 1 MB message size): each a real
+    // message with a large field the parser ignores, as Pydantic does, standing for large
+    // regions or many datasets.
+    let messages: Vec<serde_json::Value> = factory
+        .batch(8_150_000, 72)
+        .into_iter()
+        .map(|mut m| {
+            m["padding"] = serde_json::Value::String("x".repeat(800_000));
+            m
+        })
+        .collect();
+    let lines = to_lines(&messages);
+    let total: usize = lines.iter().map(Vec::len).sum();
+    let mut settings = env_settings(&env, &registry, &topics, dir.path());
+    settings.batch.max_bytes = 4 << 20;
+    // Long enough that the byte cap, not the wait, closes the batches.
+    settings.batch.max_wait = Duration::from_secs(5);
+    produce(env.kafka_bootstrap(), &topics.input, &lines, Some(0)).await;
+    let service = start(settings).await;
+    let emitted = wait_for_datasets(
+        &env,
+        &topics.events,
+        dir.path(),
+        &ids_of(&lines),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(emitted.listings.values().all(|n| *n == 1));
+    let metrics = service.metrics().render();
+    let batches = metric(&metrics, "butler_writer_batch_messages_count");
+    let batched = metric(&metrics, "butler_writer_batch_messages_sum");
+    // Each batch closed at the cap: at least total / cap batches, none above the cap plus the
+    // message that crossed it.
+    assert!(
+        batches >= (total / (4 << 20)) as f64 && batched == lines.len() as f64,
+        "{batches} batches for {total} bytes\n{metrics}"
+    );
+    let per_batch = (4 << 20) / lines[0].len() + 1;
+    assert!(
+        batches >= (lines.len() / per_batch) as f64,
+        "{batches} batches of at most {per_batch} messages"
+    );
+    stop(service).await;
+}
+
+/// The value of the first sample of `name` in a Prometheus exposition.
+fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{exposition}"))
 }
 
 #[tokio::test]
@@ -668,7 +733,8 @@ async fn the_binary_takes_the_deployed_variables_writes_to_s3_and_stops_on_sigte
         .env("KAFKA_TOPIC", &topics.input)
         .env("KAFKA_OUTPUT_TOPIC", &topics.events)
         .env("OUTPUT_DATASET_LIST_DIRECTORY", &directory)
-        .env("WRITER_DEBUG_LEVEL", "INFO")
+        // As deployed in production: the run-time dashboard reads the DEBUG timing lines.
+        .env("WRITER_DEBUG_LEVEL", "DEBUG")
         .env("BUTLER_WRITER_DEAD_LETTER_TOPIC", &topics.dead_letter)
         .env("BUTLER_WRITER_GROUP_ID", &group)
         .env(
@@ -740,6 +806,38 @@ async fn the_binary_takes_the_deployed_variables_writes_to_s3_and_stops_on_sigte
     assert!(
         stderr.contains("batch committed") && stderr.contains("butler-writer stopped"),
         "{stderr}"
+    );
+    // At DEBUG, the deployed writer's timing lines, which its run-time dashboard reads, with the
+    // seconds as a `duration` field, and none of the libraries' debug lines.
+    let timings: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "timer.lsst.queued_butler_writer.butler")
+        .collect();
+    let texts: Vec<&str> = timings
+        .iter()
+        .filter_map(|line| line["message"].as_str())
+        .collect();
+    let shape = |verb: &str, what: &str| {
+        texts.iter().any(|t| {
+            t.starts_with(verb)
+                && t.contains(what)
+                && t.contains(" events: Took ")
+                && t.ends_with(" seconds")
+        })
+    };
+    assert!(
+        shape("inserted ", " dimension data records from ")
+            && shape("ingested ", " datasets from "),
+        "{texts:?}"
+    );
+    assert!(
+        timings.iter().all(|line| line["duration"].is_f64()),
+        "{timings:?}"
+    );
+    assert!(
+        !stderr.contains("\"target\":\"sqlx"),
+        "library debug lines at WRITER_DEBUG_LEVEL=DEBUG"
     );
     assert_eq!(
         committed(env.kafka_bootstrap(), &group, &topics.input, 1),

@@ -94,7 +94,7 @@ async fn drain(settings: Settings, events: usize, replay: bool) -> Run {
 async fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
         // The consumer's own lines (`batch recorded` carries read_ms, lookup_ms, store_ms).
-        service_kit::logging::init_logging("info", service_kit::logging::LogFormat::Text);
+        service_kit::logging::init_logging("info", service_kit::logging::LogFormat::Text, &[]);
     }
     let events = env_usize("BENCH_EVENTS", 100);
     let per_batch = env_usize("BENCH_BATCH", 500);

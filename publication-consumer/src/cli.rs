@@ -47,6 +47,8 @@ pub struct ConsumerLog;
 impl LogArgNames for ConsumerLog {
     const LEVEL: &'static str = "PUBLICATION_LOG_LEVEL";
     const FORMAT: &'static str = "PUBLICATION_LOG_FORMAT";
+    const TARGETS: &'static [&'static str] =
+        &["publication_consumer", "butler_repository", "service_kit"];
 }
 
 /// A Prompt Publication Service consumer: batch-ingested events in, datasets and their

@@ -13,7 +13,7 @@ use service_kit::logging::{LogFormat, init_logging};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Text: the producer's log lines sit beside its report, read by people.
-    init_logging("info", LogFormat::Text);
+    init_logging("info", LogFormat::Text, &[]);
     let (args, mode) = match cli.command {
         Command::Night(args) => (args, Mode::Night),
         Command::Burst(args) => (args, Mode::Burst),

@@ -15,10 +15,13 @@ pub enum LogFormat {
 }
 
 /// Starts logging to stderr: `RUST_LOG` if set (a full filter), else `level`; JSON or text by
-/// `format`. A second call does nothing (tests start several services in one process).
-pub fn init_logging(level: &str, format: LogFormat) {
+/// `format`. A level more verbose than `info` applies to the service's own `targets` only, the
+/// libraries staying at `info`: the deployed writer runs at DEBUG for its timing lines, and the
+/// database driver's and the HTTP stack's debug lines would bury them. A second call does nothing
+/// (tests start several services in one process).
+pub fn init_logging(level: &str, format: LogFormat, targets: &[&str]) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.to_lowercase()));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives(level, targets)));
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let json = match format {
         LogFormat::Json => true,
@@ -39,12 +42,29 @@ pub fn init_logging(level: &str, format: LogFormat) {
     };
 }
 
-/// The environment variables a service's logging flags read (see [`LogArgs`]).
+/// The filter of a `level` for a service whose own log lines come from `targets`.
+fn directives(level: &str, targets: &[&str]) -> String {
+    let level = level.to_lowercase();
+    if matches!(level.as_str(), "debug" | "trace") {
+        std::iter::once("info".to_owned())
+            .chain(targets.iter().map(|t| format!("{t}={level}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        level
+    }
+}
+
+/// The environment variables a service's logging flags read (see [`LogArgs`]), and where its own
+/// log lines come from.
 pub trait LogArgNames: Send + Sync + 'static {
     /// The level's variable (the deployed writer's `WRITER_DEBUG_LEVEL`).
     const LEVEL: &'static str;
     /// The format's variable.
     const FORMAT: &'static str;
+    /// The `tracing` targets of the service's own lines (its crates, the kit's), which a level
+    /// more verbose than `info` applies to.
+    const TARGETS: &'static [&'static str];
 }
 
 /// The logging flags of a service's command line, global to its subcommands: `--log-level` and
@@ -61,7 +81,7 @@ pub struct LogArgs<N> {
 impl<N: LogArgNames> LogArgs<N> {
     /// Starts logging with these flags ([`init_logging`]).
     pub fn init(&self) {
-        init_logging(&self.level, self.format);
+        init_logging(&self.level, self.format, N::TARGETS);
     }
 }
 
@@ -114,5 +134,20 @@ impl<N: LogArgNames> clap::FromArgMatches for LogArgs<N> {
     fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
         *self = Self::from_arg_matches(matches)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verbose_level_applies_to_the_services_own_lines() {
+        assert_eq!(
+            directives("DEBUG", &["butler_writer", "timer"]),
+            "info,butler_writer=debug,timer=debug"
+        );
+        assert_eq!(directives("WARN", &["butler_writer"]), "warn");
+        assert_eq!(directives("info", &["butler_writer"]), "info");
     }
 }

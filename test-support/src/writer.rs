@@ -41,6 +41,7 @@ pub fn settings(
     settings.batch = BatchSettings {
         max_messages: 500,
         max_wait: Duration::from_millis(100),
+        ..settings.batch
     };
     settings.http_address = "127.0.0.1:0".parse().expect("address");
     settings.retry = RetrySettings {

@@ -6,8 +6,8 @@ use schema::htm::HtmPixelization;
 use schema::{DecodeError, PromptProcessingOutputEvent};
 
 use super::catalog::Layout;
-use super::model::{Table, Tables};
 use super::datasets::{self, PreparedDataset};
+use super::model::{Table, Tables};
 use super::records::{self, PreparedRecord};
 use super::rejections::Rejections;
 use crate::outcome::{RejectReason, Rejection};

@@ -1,6 +1,9 @@
 //! The batch being filled: messages read in one assignment generation, closed when it holds
-//! `max_messages` or `max_wait` after its first message arrived. No Kafka here, so the rules are
-//! tested on their own.
+//! `max_messages` messages or `max_bytes` bytes of values, or `max_wait` after its first message
+//! arrived. No Kafka here, so the rules are tested on their own.
+//!
+//! The byte cap bounds memory by bytes, not only by count: a topic accepts messages of up to
+//! `message.max.bytes` (10 MiB on Prompt Kafka), and 500 of those would be gigabytes.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,7 @@ pub struct Batch {
 #[derive(Debug)]
 pub struct BatchBuilder {
     max_messages: usize,
+    max_bytes: usize,
     max_wait: Duration,
     open: Option<Open>,
     /// Batches closed so far.
@@ -48,13 +52,18 @@ struct Open {
     generation: u64,
     opened_at: Instant,
     messages: Vec<InputMessage>,
+    /// Bytes of the messages' values and keys.
+    bytes: usize,
 }
 
 impl BatchBuilder {
-    /// Batches of at most `max_messages` (at least 1), closed `max_wait` after their first message.
-    pub fn new(max_messages: usize, max_wait: Duration) -> Self {
+    /// Batches of at most `max_messages` messages (at least 1) and about `max_bytes` bytes (a
+    /// message larger than that makes a batch of its own), closed `max_wait` after their first
+    /// message.
+    pub fn new(max_messages: usize, max_bytes: usize, max_wait: Duration) -> Self {
         Self {
             max_messages: max_messages.max(1),
+            max_bytes: max_bytes.max(1),
             max_wait,
             open: None,
             numbered: 0,
@@ -70,7 +79,9 @@ impl BatchBuilder {
             generation,
             opened_at: now,
             messages: Vec::with_capacity(self.max_messages.min(1024)),
+            bytes: 0,
         });
+        open.bytes += message.value.len() + message.key.as_ref().map_or(0, Vec::len);
         open.messages.push(message);
     }
 
@@ -85,11 +96,11 @@ impl BatchBuilder {
         }
     }
 
-    /// Whether the open batch holds `max_messages`.
+    /// Whether the open batch holds `max_messages` messages or `max_bytes` bytes.
     pub fn is_full(&self) -> bool {
         self.open
             .as_ref()
-            .is_some_and(|b| b.messages.len() >= self.max_messages)
+            .is_some_and(|b| b.messages.len() >= self.max_messages || b.bytes >= self.max_bytes)
     }
 
     /// Whether the open batch is full or has waited `max_wait` since its first message.
@@ -147,7 +158,7 @@ mod tests {
     #[test]
     fn a_batch_closes_when_full() {
         let start = Instant::now();
-        let mut builder = BatchBuilder::new(3, Duration::from_secs(60));
+        let mut builder = BatchBuilder::new(3, usize::MAX, Duration::from_secs(60));
         assert!(builder.take(start).is_none());
         for offset in 0..3 {
             assert!(!builder.is_full());
@@ -165,7 +176,7 @@ mod tests {
     fn a_batch_is_due_max_wait_after_its_first_message() {
         let start = Instant::now();
         let wait = Duration::from_millis(200);
-        let mut builder = BatchBuilder::new(500, wait);
+        let mut builder = BatchBuilder::new(500, usize::MAX, wait);
         assert_eq!(
             builder.time_left(start, Duration::from_millis(100)),
             Duration::from_millis(100)
@@ -186,9 +197,28 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_closes_at_its_byte_cap_and_a_large_message_goes_alone() {
+        let start = Instant::now();
+        let mut builder = BatchBuilder::new(500, 10, Duration::from_secs(60));
+        let sized = |offset, bytes| InputMessage {
+            value: vec![b' '; bytes],
+            ..message(offset)
+        };
+        builder.push(0, sized(0, 4), start);
+        builder.push(0, sized(1, 4), start);
+        assert!(!builder.is_full());
+        builder.push(0, sized(2, 4), start);
+        assert!(builder.is_full());
+        assert_eq!(builder.take(start).unwrap().messages.len(), 3);
+        builder.push(0, sized(3, 1000), start);
+        assert!(builder.is_full() && builder.is_due(start));
+        assert_eq!(builder.take(start).unwrap().messages.len(), 1);
+    }
+
+    #[test]
     fn a_new_generation_drops_the_open_batch() {
         let start = Instant::now();
-        let mut builder = BatchBuilder::new(10, Duration::from_secs(1));
+        let mut builder = BatchBuilder::new(10, usize::MAX, Duration::from_secs(1));
         builder.push(0, message(0), start);
         builder.push(0, message(1), start);
         builder.push(1, message(7), start);

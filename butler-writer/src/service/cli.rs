@@ -18,8 +18,9 @@ use service_kit::{ConfigError, KafkaSettings, KafkaVariables, RetrySettings};
 
 use super::Service;
 use super::settings::{
-    BatchSettings, BreakerSettings, DEFAULT_BATCH_MAX_MESSAGES, DEFAULT_BATCH_MAX_WAIT_MS,
-    DEFAULT_DB_CONCURRENCY, DEFAULT_GROUP_ID, DEFAULT_TRANSACTIONAL_ID, DeliveryMode, Settings,
+    BatchSettings, BreakerSettings, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_MESSAGES,
+    DEFAULT_BATCH_MAX_WAIT_MS, DEFAULT_DB_CONCURRENCY, DEFAULT_GROUP_ID, DEFAULT_TRANSACTIONAL_ID,
+    DeliveryMode, Settings,
 };
 
 /// The deployed writer's broker variables; the protocol and CA file are ours.
@@ -86,6 +87,11 @@ pub struct ServeArgs {
     /// A batch closes at this many messages...
     #[arg(long, env = "BUTLER_WRITER_BATCH_MAX_MESSAGES", default_value_t = DEFAULT_BATCH_MAX_MESSAGES)]
     pub batch_max_messages: usize,
+
+    /// ...or this many bytes of message values (a larger message makes a batch of its own): bounds
+    /// memory when messages are large.
+    #[arg(long, env = "BUTLER_WRITER_BATCH_MAX_BYTES", default_value_t = DEFAULT_BATCH_MAX_BYTES)]
+    pub batch_max_bytes: usize,
 
     /// ...or this many milliseconds after its first message.
     #[arg(long, env = "BUTLER_WRITER_BATCH_MAX_WAIT_MS", default_value_t = DEFAULT_BATCH_MAX_WAIT_MS)]
@@ -185,6 +191,7 @@ impl ServeArgs {
             output_directory: self.output_dataset_list_directory,
             batch: BatchSettings {
                 max_messages: self.batch_max_messages,
+                max_bytes: self.batch_max_bytes,
                 max_wait: Duration::from_millis(self.batch_max_wait_ms),
             },
             db_concurrency: self.db_concurrency,

@@ -179,7 +179,11 @@ impl Service {
         let consume_loop = ConsumeLoop::new(ConsumeParts {
             consumer: Arc::clone(&consumer),
             batches: batch_tx,
-            builder: BatchBuilder::new(settings.batch.max_messages, settings.batch.max_wait),
+            builder: BatchBuilder::new(
+                settings.batch.max_messages,
+                settings.batch.max_bytes,
+                settings.batch.max_wait,
+            ),
             shutdown: shutdown.clone(),
             close: close.clone(),
             health: Arc::clone(&health),

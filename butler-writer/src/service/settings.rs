@@ -27,6 +27,8 @@ pub enum DeliveryMode {
 pub struct BatchSettings {
     /// A batch closes when it holds this many messages...
     pub max_messages: usize,
+    /// ...or this many bytes of message values (a larger message makes a batch of its own)...
+    pub max_bytes: usize,
     /// ...or this long after its first message arrived.
     pub max_wait: Duration,
 }
@@ -92,6 +94,7 @@ impl Settings {
             output_directory: output_directory.into(),
             batch: BatchSettings {
                 max_messages: DEFAULT_BATCH_MAX_MESSAGES,
+                max_bytes: DEFAULT_BATCH_MAX_BYTES,
                 max_wait: Duration::from_millis(DEFAULT_BATCH_MAX_WAIT_MS),
             },
             db_concurrency: DEFAULT_DB_CONCURRENCY,
@@ -129,6 +132,11 @@ impl Settings {
         if self.batch.max_messages == 0 {
             return Err(ConfigError::new(
                 "BUTLER_WRITER_BATCH_MAX_MESSAGES must be at least 1",
+            ));
+        }
+        if self.batch.max_bytes == 0 {
+            return Err(ConfigError::new(
+                "BUTLER_WRITER_BATCH_MAX_BYTES must be at least 1",
             ));
         }
         if self.db_concurrency == 0 || self.db_concurrency > 16 {
@@ -170,6 +178,12 @@ pub const DEFAULT_GROUP_ID: &str = "butler-writer";
 pub const DEFAULT_TRANSACTIONAL_ID: &str = "butler-writer-output";
 /// Messages per batch at most: one LSSTCam visit is 189.
 pub const DEFAULT_BATCH_MAX_MESSAGES: usize = 500;
+/// Bytes of message values per batch at most: 16 MiB. A visit's 189 messages are about 0.8 MB, so
+/// LSSTCam's batches never reach it; it bounds memory when messages are large (up to the topic's
+/// 10 MiB `message.max.bytes`). The writer holds at most `db_concurrency` batches in the
+/// database, one in the channel, one closed and one filling, each parsed to a few times its bytes:
+/// about 5 x 16 MiB x 3 = 240 MB at worst, within the deployed 1 GiB limit.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// How long a batch waits for more messages after its first.
 pub const DEFAULT_BATCH_MAX_WAIT_MS: u64 = 200;
 /// Batches in the database at once.
