@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -39,6 +40,9 @@ import kubernetes_validate
 import yaml
 from helm_python import chart as helm_chart
 
+import helm_docs
+import monitoring
+import phalanx_snapshot
 from crd_schemas import SCHEMAS
 
 HERE = Path(__file__).resolve().parent
@@ -97,6 +101,9 @@ SERVICES: dict[str, dict[str, Any]] = {
 # Container name in a chart -> service.
 CONTAINERS = {"butler-writer": "butler-writer", "publication-consumer": "publication-consumer"}
 
+# Containers of images that are not ours, whose variables their own documentation describes.
+THIRD_PARTY = {"kafdrop": "Kafdrop (obsidiandynamics/kafdrop)"}
+
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 
 
@@ -135,7 +142,24 @@ def environments(chart_dir: Path) -> list[str]:
 # Renders beyond the environment files: settings an operator will use that change the templates'
 # paths (several writers: a transactional id per pod).
 SCENARIOS: dict[str, list[dict[str, Any]]] = {
-    "butler-writer-service": [{"replicaCount": 3}, {"replay": {"since": "2026-11-28T21:00:00Z"}}]
+    "butler-writer-service": [
+        {"replicaCount": 3},
+        {"replay": {"since": "2026-11-28T21:00:00Z"}},
+        {"monitoring": {"selector": 'namespace="butler-writer-service"'}},
+    ],
+    # Every switch the deployed cluster leaves off: metrics, their scraping and alerts, the
+    # Kafka exporter, Cruise Control.
+    "prompt-kafka": [
+        {
+            "strimzi-kafka": {
+                "kafka": {"metricsConfig": {"enabled": True}},
+                "kafkaExporter": {"enabled": True},
+                "cruiseControl": {"enabled": True},
+                "prometheusRule": {"enabled": True},
+                "cluster": {"monitorLabel": {"prometheus.io/scrape": "true"}},
+            }
+        }
+    ],
 }
 
 
@@ -263,6 +287,8 @@ def check_environment(report: Report, label: str, documents: list[dict]) -> None
         for container, env in container_env(document).items():
             service = CONTAINERS.get(container)
             what = f"{label}: env of {document['kind']}/{document['metadata']['name']} container {container}"
+            if container in THIRD_PARTY:
+                continue
             if service is None:
                 report.fail(what, f"no service is known to run in container {container!r}")
                 continue
@@ -298,102 +324,12 @@ def check_environment(report: Report, label: str, documents: list[dict]) -> None
                 report.ok(f"{what}: {len(names)} variables, all read, {len(required)} required all set")
 
 
-# --- README from values.yaml (helm-docs' conventions) ------------------------------------------
-
-
-def values_table(values_file: Path) -> list[tuple[str, str, str, str]]:
-    """(key, type, default, description) for every value with a `# --` comment."""
-    lines = values_file.read_text().splitlines()
-    data = yaml.safe_load(values_file.read_text()) or {}
-    rows = []
-    path: list[tuple[int, str]] = []
-    comment: list[str] = []
-    default_override: str | None = None
-    in_comment = False
-    for line in lines:
-        stripped = line.strip()
-        if stripped.startswith("# --"):
-            comment = [stripped[4:].strip()]
-            default_override = None
-            in_comment = True
-            continue
-        if stripped.startswith("# @default --"):
-            default_override = stripped[len("# @default --") :].strip()
-            continue
-        if stripped.startswith("#") and in_comment:
-            comment.append(stripped[1:].strip())
-            continue
-        if not stripped or stripped.startswith("-") or stripped.startswith("#"):
-            if not stripped.startswith("#"):
-                in_comment = False if not stripped else in_comment
-            continue
-        match = re.match(r"^(\s*)([^:#]+?):(\s|$)", line)
-        if not match:
-            continue
-        indent, key = len(match[1]), match[2].strip().strip('"')
-        while path and path[-1][0] >= indent:
-            path.pop()
-        path.append((indent, key))
-        if in_comment and comment:
-            dotted = ".".join(k for _, k in path)
-            value: Any = data
-            for _, k in path:
-                value = value.get(k) if isinstance(value, dict) else None
-            kind = type_name(value)
-            default = default_override or "`" + yaml_inline(value) + "`"
-            rows.append((dotted, kind, default, " ".join(c for c in comment if c)))
-        comment, default_override, in_comment = [], None, False
-    return rows
-
-
-def type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "object"
-    return "string"
-
-
-def yaml_inline(value: Any) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else json.dumps(value)
-
-
-def readme(chart_dir: Path, prefix: str = "") -> str:
-    meta = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
-    out = [f"# {meta['name']}", "", meta.get("description", ""), ""]
-    if meta.get("sources"):
-        out += ["## Source Code", ""] + [f"* <{s}>" for s in meta["sources"]] + [""]
-    out += [
-        "## Values",
-        "",
-        "| Key | Type | Default | Description |",
-        "|-----|------|---------|-------------|",
-    ]
-    rows = values_table(chart_dir / "values.yaml")
-    subcharts = chart_dir / "charts"
-    for key, kind, default, description in rows:
-        out.append(f"| {prefix}{key} | {kind} | {default.replace('|', '&#124;')} | {description.replace('|', '&#124;')} |")
-    if subcharts.is_dir():
-        for sub in sorted(p for p in subcharts.iterdir() if (p / "values.yaml").is_file()):
-            for key, kind, default, description in values_table(sub / "values.yaml"):
-                out.append(
-                    f"| {sub.name}.{key} | {kind} | {default.replace('|', '&#124;')} | {description.replace('|', '&#124;')} |"
-                )
-    out += ["", "Generated from values.yaml by deploy/phalanx/check --write-readmes (helm-docs' conventions)."]
-    return "\n".join(out) + "\n"
+# --- READMEs, as helm-docs writes them -------------------------------------------------------
 
 
 def check_readmes(report: Report, write: bool) -> None:
+    """Each chart's README.md is what helm-docs writes with Phalanx's template and options
+    (`helm_docs.py`; the Phalanx cross-check proves the generator on Phalanx's own READMEs)."""
     targets = []
     for chart_dir in charts():
         targets.append(chart_dir)
@@ -401,16 +337,90 @@ def check_readmes(report: Report, write: bool) -> None:
         if subcharts.is_dir():
             targets += sorted(p for p in subcharts.iterdir() if (p / "Chart.yaml").is_file())
     for chart_dir in targets:
-        wanted = readme(chart_dir)
+        wanted = helm_docs.readme(chart_dir, APPLICATIONS)
         path = chart_dir / "README.md"
         label = f"README of {chart_dir.relative_to(PHALANX)}"
         if write:
             path.write_text(wanted)
             report.ok(f"{label}: written")
         elif not path.is_file() or path.read_text() != wanted:
-            report.fail(label, "stale or missing: run deploy/phalanx/check --write-readmes")
+            report.fail(label, "stale or missing (helm-docs would rewrite it): run deploy/phalanx/check --write-readmes")
         else:
-            report.ok(f"{label}: generated from values.yaml and current")
+            report.ok(f"{label}: as helm-docs writes it")
+
+
+def yaml_inline(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# --- alerts and dashboards ---------------------------------------------------------------------
+
+
+def check_monitoring(report: Report, rendered: dict[str, list[dict]]) -> None:
+    """Every rendered PrometheusRule and every dashboard: PromQL that parses, on metrics that
+    exist (the services' from their sources, Kafka's from the chart's JMX rules)."""
+    served = monitoring.service_metrics(ROOT)
+    known = set(monitoring.EXTERNAL).union(*served.values())
+    for documents in rendered.values():
+        known |= monitoring.jmx_metric_names(documents)
+    seen_rules = set()
+    for label, documents in rendered.items():
+        for document in documents:
+            if document.get("kind") != "PrometheusRule":
+                continue
+            key = (label.split(" ")[0], document["metadata"]["name"])
+            what = f"{label}: PrometheusRule/{document['metadata']['name']}"
+            expressions = monitoring.rule_expressions(document)
+            problems = monitoring.check_expressions(expressions, known)
+            if problems:
+                report.fail(what, "\n".join(problems))
+            elif key not in seen_rules:
+                seen_rules.add(key)
+                report.ok(f"{what}: {len(expressions)} rules parse, every metric they read exists")
+    dashboards = sorted(APPLICATIONS.glob("*/dashboards/*.json"))
+    for dashboard in dashboards:
+        what = f"dashboard {dashboard.relative_to(PHALANX)}"
+        try:
+            expressions = monitoring.dashboard_expressions(dashboard.read_text())
+        except ValueError as error:
+            report.fail(what, f"not a Grafana dashboard: {error}")
+            continue
+        problems = monitoring.check_expressions(expressions, known)
+        if problems:
+            report.fail(what, "\n".join(problems))
+        else:
+            report.ok(f"{what}: {len(expressions)} queries parse, every metric they read exists")
+    if not dashboards or not seen_rules:
+        report.fail("monitoring", "no dashboard or no PrometheusRule rendered")
+
+
+def memory_bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(quantity))
+    if not match or (match[2] and match[2] not in units):
+        raise ValueError(f"cannot read memory quantity {quantity!r}")
+    return float(match[1]) * units.get(match[2], 1)
+
+
+def check_memory_budget(report: Report, label: str, documents: list[dict]) -> None:
+    """The writer holds up to `db concurrency` + 3 batches of BUTLER_WRITER_BATCH_MAX_BYTES, each
+    parsed to about three times its bytes (butler-writer's settings): that must stay within half
+    of the container's memory limit, the rest being the process's own."""
+    for document in documents:
+        if document.get("kind") not in WORKLOAD_KINDS:
+            continue
+        for container in document["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            if container["name"] != "butler-writer" or "BUTLER_WRITER_BATCH_MAX_BYTES" not in env:
+                continue
+            batches = int(env.get("BUTLER_WRITER_DB_CONCURRENCY") or 2) + 3
+            worst = batches * 3 * int(env["BUTLER_WRITER_BATCH_MAX_BYTES"])
+            limit = memory_bytes(container["resources"]["limits"]["memory"])
+            what = f"{label}: memory budget of {document['kind']}/{document['metadata']['name']}"
+            if worst > limit / 2:
+                report.fail(what, f"{batches} batches x 3 x batch.maxBytes = {worst / 2**20:.0f} MiB, over half the {limit / 2**20:.0f} MiB limit")
+            else:
+                report.ok(f"{what}: batches at most {worst / 2**20:.0f} MiB of the {limit / 2**20:.0f} MiB limit")
 
 
 # --- Dockerfiles --------------------------------------------------------------------------------
@@ -550,7 +560,7 @@ def self_test(report: Report, kubernetes_version: str) -> None:
     bad["spec"]["replicas"] = "one"
     caught("a mistyped Kubernetes field", validate(bad, kubernetes_version) is not None)
     topic = {
-        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaTopic",
         "metadata": {"name": "t", "labels": {"strimzi.io/cluster": "c"}},
         "spec": {"partition": 1, "replicas": 3},
@@ -580,6 +590,19 @@ def self_test(report: Report, kubernetes_version: str) -> None:
     else:
         report.fail("self-test", "the chart's own environment fails")
 
+    known = set().union(*monitoring.service_metrics(ROOT).values())
+    caught(
+        "an alert on a metric nobody serves",
+        bool(monitoring.check_expressions([("t", "butler_writer_batch_total > 0")], known)),
+    )
+    caught("an alert that does not parse", bool(monitoring.check_expressions([("t", "sum(rate(x[5m])")], known)))
+    moved = copy.deepcopy(workload)
+    moved["spec"]["podManagementPolicy"] = "Parallel"
+    _, unexpected, _ = phalanx_snapshot.compare("butler-writer-service", [workload], [moved])
+    caught("a changed immutable StatefulSet field", any("immutable" in u for u in unexpected))
+    _, unexpected, _ = phalanx_snapshot.compare("prompt-kafka", [], [topic])
+    caught("an undeclared new resource in a switch-over", bool(unexpected))
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -588,6 +611,7 @@ def main() -> int:
     parser.add_argument("--hadolint", default="hadolint", help="the hadolint binary")
     args = parser.parse_args()
     report = Report()
+    rendered: dict[str, list[dict]] = {}
 
     for chart_dir in charts():
         name = chart_dir.name
@@ -641,10 +665,20 @@ def main() -> int:
                     f"{label}: every resource valid (Kubernetes {args.kubernetes_version} strict, Strimzi/VaultSecret)"
                 )
             check_environment(report, label, documents)
+            check_memory_budget(report, label, documents)
+            rendered[label] = documents
 
     self_test(report, args.kubernetes_version)
     cross_check_binaries(report)
     check_readmes(report, args.write_readmes)
+    check_monitoring(report, rendered)
+    snapshot = phalanx_snapshot.find_snapshot()
+    if snapshot is None or not snapshot.exists():
+        print("skip  Phalanx cross-check: no snapshot at ../shared/phalanx/phalanx-*.tgz (set PHALANX_SNAPSHOT)")
+    elif not args.write_readmes:
+        phalanx_snapshot.cross_check(
+            report, snapshot, render, environments, ROOT / "target" / "phalanx-check" / "switch-over"
+        )
     check_dockerfiles(report, args.hadolint)
     print(f"{report.passes} passed, {report.failures} failed")
     return 1 if report.failures else 0

@@ -1,11 +1,14 @@
-"""JSON Schemas of the custom resources the charts render: Strimzi's Kafka, KafkaNodePool,
-KafkaTopic and KafkaUser (kafka.strimzi.io/v1beta2), and the Vault Secrets Operator's
-VaultSecret (ricoberger.de/v1alpha1), which Phalanx uses for every secret.
+"""JSON Schemas of the custom resources the charts render: Strimzi's Kafka and KafkaNodePool
+(kafka.strimzi.io/v1beta2, as deployed) and KafkaTopic and KafkaUser (kafka.strimzi.io/v1, to
+which Phalanx moved them: v1beta2 goes away with Strimzi 0.52), the Vault Secrets Operator's
+VaultSecret (ricoberger.de/v1alpha1), which Phalanx uses for every secret, the Prometheus
+operator's PodMonitor and PrometheusRule (monitoring.coreos.com/v1), and cert-manager's
+Certificate (cert-manager.io/v1).
 
 Why hand-written: the operators' CRDs (which carry the authoritative OpenAPI schemas) are
 published in their source repositories and Maven/OCI/Helm artifacts, none of which is reachable
 from here (only crates.io, PyPI, npm and Debian are), and no package on those registries carries
-them. These schemas are written from Strimzi's documented v1beta2 API reference and the operator's
+them. These schemas are written from Strimzi's documented API reference (v1beta2 and v1) and the operator's
 documentation, and cover the fields our charts use, strictly: `additionalProperties: false` on
 every object whose fields are all known, so a misspelt or misplaced field fails the check. A field
 the charts start using must be added here, from the API reference. The enums and bounds are
@@ -69,6 +72,11 @@ LISTENER = obj(
         "authentication": AUTHENTICATION,
         "configuration": obj(
             {
+                "allocateLoadBalancerNodePorts": BOOL,
+                "brokerCertChainAndKey": obj(
+                    {"secretName": STRING, "certificate": STRING, "key": STRING},
+                    ["secretName", "certificate", "key"],
+                ),
                 "bootstrap": obj(
                     {
                         "loadBalancerIP": STRING,
@@ -99,6 +107,44 @@ LISTENER = obj(
     ["name", "port", "type", "tls"],
 )
 
+PVC_TEMPLATE = obj({"metadata": obj({"labels": STRING_MAP, "annotations": STRING_MAP})})
+
+POD_TEMPLATE = obj(
+    {
+        "metadata": obj({"labels": STRING_MAP, "annotations": STRING_MAP}),
+        "affinity": MAP,
+        "tolerations": {"type": "array", "items": MAP},
+    }
+)
+
+ENV = {
+    "type": "array",
+    "items": obj({"name": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}, "value": STRING}, ["name"]),
+}
+
+VOLUME = obj(
+    {
+        "id": {"type": "integer", "minimum": 0},
+        "type": {"enum": ["ephemeral", "persistent-claim"]},
+        "size": {"type": "string", "pattern": r"^[0-9]+([KMGTPE]i?)?$"},
+        "class": STRING,
+        "deleteClaim": BOOL,
+        "kraftMetadata": {"enum": ["shared"]},
+    },
+    ["type"],
+)
+
+JBOD = obj(
+    {
+        "type": {"enum": ["ephemeral", "persistent-claim", "jbod"]},
+        "volumes": {"type": "array", "minItems": 1, "items": VOLUME},
+        "size": STRING,
+        "class": STRING,
+        "deleteClaim": BOOL,
+    },
+    ["type"],
+)
+
 KAFKA = obj(
     {
         "apiVersion": {"const": "kafka.strimzi.io/v1beta2"},
@@ -108,6 +154,18 @@ KAFKA = obj(
             {
                 "kafka": obj(
                     {
+                        "template": obj({"persistentVolumeClaim": PVC_TEMPLATE, "pod": POD_TEMPLATE}),
+                        "replicas": {"type": "integer", "minimum": 1},
+                        "storage": JBOD,
+                        "metricsConfig": obj(
+                            {
+                                "type": {"const": "jmxPrometheusExporter"},
+                                "valueFrom": obj(
+                                    {"configMapKeyRef": SECRET_KEY_REF}, ["configMapKeyRef"]
+                                ),
+                            },
+                            ["type", "valueFrom"],
+                        ),
                         "version": STRING,
                         "metadataVersion": STRING,
                         "listeners": {"type": "array", "minItems": 1, "items": LISTENER},
@@ -126,25 +184,34 @@ KAFKA = obj(
                     },
                     ["listeners"],
                 ),
-                "entityOperator": obj({"topicOperator": MAP, "userOperator": MAP}),
-                "kafkaExporter": MAP,
+                "entityOperator": obj(
+                    {
+                        "topicOperator": MAP,
+                        "userOperator": MAP,
+                        "template": obj(
+                            {
+                                "topicOperatorContainer": obj({"env": ENV}),
+                                "userOperatorContainer": obj({"env": ENV}),
+                            }
+                        ),
+                    }
+                ),
+                "kafkaExporter": obj(
+                    {
+                        "topicRegex": STRING,
+                        "groupRegex": STRING,
+                        "logging": {"enum": ["info", "debug", "trace", "warn", "error", "fatal"]},
+                        "enableSaramaLogging": BOOL,
+                        "resources": RESOURCES,
+                        "template": obj({"pod": POD_TEMPLATE}),
+                    }
+                ),
+                "cruiseControl": MAP,
             },
             ["kafka"],
         ),
     },
     ["apiVersion", "kind", "metadata", "spec"],
-)
-
-VOLUME = obj(
-    {
-        "id": {"type": "integer", "minimum": 0},
-        "type": {"enum": ["ephemeral", "persistent-claim"]},
-        "size": {"type": "string", "pattern": r"^[0-9]+([KMGTPE]i?)?$"},
-        "class": STRING,
-        "deleteClaim": BOOL,
-        "kraftMetadata": {"enum": ["shared"]},
-    },
-    ["type"],
 )
 
 KAFKA_NODE_POOL = obj(
@@ -160,20 +227,9 @@ KAFKA_NODE_POOL = obj(
                     "minItems": 1,
                     "items": {"enum": ["controller", "broker"]},
                 },
-                "storage": obj(
-                    {
-                        "type": {"enum": ["ephemeral", "persistent-claim", "jbod"]},
-                        "volumes": {"type": "array", "minItems": 1, "items": VOLUME},
-                        "size": STRING,
-                        "class": STRING,
-                        "deleteClaim": BOOL,
-                    },
-                    ["type"],
-                ),
+                "storage": JBOD,
                 "resources": RESOURCES,
-                "template": obj(
-                    {"pod": obj({"affinity": MAP, "tolerations": {"type": "array", "items": MAP}})}
-                ),
+                "template": obj({"pod": POD_TEMPLATE, "persistentVolumeClaim": PVC_TEMPLATE}),
             },
             ["replicas", "roles", "storage"],
         ),
@@ -183,7 +239,7 @@ KAFKA_NODE_POOL = obj(
 
 KAFKA_TOPIC = obj(
     {
-        "apiVersion": {"const": "kafka.strimzi.io/v1beta2"},
+        "apiVersion": {"const": "kafka.strimzi.io/v1"},
         "kind": {"const": "KafkaTopic"},
         "metadata": CLUSTER_LABELLED,
         "spec": obj(
@@ -219,7 +275,7 @@ ACL_OPERATIONS = [
 
 KAFKA_USER = obj(
     {
-        "apiVersion": {"const": "kafka.strimzi.io/v1beta2"},
+        "apiVersion": {"const": "kafka.strimzi.io/v1"},
         "kind": {"const": "KafkaUser"},
         "metadata": CLUSTER_LABELLED,
         "spec": obj(
@@ -291,10 +347,99 @@ VAULT_SECRET = obj(
     ["apiVersion", "kind", "metadata", "spec"],
 )
 
+DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+LABEL_NAME = {"type": "string", "pattern": r"^[a-zA-Z_][a-zA-Z0-9_]*$"}
+
+# Written from the Prometheus operator's API reference (monitoring.coreos.com/v1).
+PROMETHEUS_RULE = obj(
+    {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": METADATA,
+        "spec": obj(
+            {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": obj(
+                        {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": DURATION,
+                            "rules": {
+                                "type": "array",
+                                "items": obj(
+                                    {
+                                        "alert": {"type": "string", "pattern": r"^[a-zA-Z_][a-zA-Z0-9_]*$"},
+                                        "record": STRING,
+                                        "expr": {"type": ["string", "integer"]},
+                                        "for": DURATION,
+                                        "keep_firing_for": DURATION,
+                                        "labels": {"type": "object", "propertyNames": LABEL_NAME,
+                                                   "additionalProperties": STRING},
+                                        "annotations": {"type": "object", "propertyNames": LABEL_NAME,
+                                                        "additionalProperties": STRING},
+                                    },
+                                    ["expr"],
+                                ),
+                            },
+                        },
+                        ["name", "rules"],
+                    ),
+                }
+            },
+            ["groups"],
+        ),
+    },
+    ["apiVersion", "kind", "metadata", "spec"],
+)
+
+POD_MONITOR = obj(
+    {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
+        "metadata": METADATA,
+        "spec": obj(
+            {
+                "selector": obj({"matchLabels": STRING_MAP, "matchExpressions": {"type": "array"}}),
+                "namespaceSelector": obj({"any": BOOL, "matchNames": {"type": "array", "items": STRING}}),
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "items": obj(
+                        {"port": STRING, "path": STRING, "interval": DURATION, "scheme": {"enum": ["http", "https"]}}
+                    ),
+                },
+            },
+            ["selector"],
+        ),
+    },
+    ["apiVersion", "kind", "metadata", "spec"],
+)
+
+# cert-manager.io/v1, for the external listener's certificate.
+CERTIFICATE = obj(
+    {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": METADATA,
+        "spec": obj(
+            {
+                "secretName": STRING,
+                "issuerRef": obj({"name": STRING, "kind": STRING, "group": STRING}, ["name"]),
+                "dnsNames": {"type": "array", "minItems": 1, "items": STRING},
+            },
+            ["secretName", "issuerRef"],
+        ),
+    },
+    ["apiVersion", "kind", "metadata", "spec"],
+)
+
 SCHEMAS = {
     ("kafka.strimzi.io/v1beta2", "Kafka"): KAFKA,
     ("kafka.strimzi.io/v1beta2", "KafkaNodePool"): KAFKA_NODE_POOL,
-    ("kafka.strimzi.io/v1beta2", "KafkaTopic"): KAFKA_TOPIC,
-    ("kafka.strimzi.io/v1beta2", "KafkaUser"): KAFKA_USER,
+    ("kafka.strimzi.io/v1", "KafkaTopic"): KAFKA_TOPIC,
+    ("kafka.strimzi.io/v1", "KafkaUser"): KAFKA_USER,
     ("ricoberger.de/v1alpha1", "VaultSecret"): VAULT_SECRET,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
+    ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
+    ("cert-manager.io/v1", "Certificate"): CERTIFICATE,
 }

@@ -110,6 +110,8 @@ The writer's environment, shared by the StatefulSet and the replay Job.
 {{- end }}
 - name: BUTLER_WRITER_BATCH_MAX_MESSAGES
   value: {{ .Values.batch.maxMessages | quote }}
+- name: BUTLER_WRITER_BATCH_MAX_BYTES
+  value: {{ .Values.batch.maxBytes | int64 | quote }}
 - name: BUTLER_WRITER_BATCH_MAX_WAIT_MS
   value: {{ .Values.batch.maxWaitMs | quote }}
 - name: BUTLER_WRITER_DB_CONCURRENCY
