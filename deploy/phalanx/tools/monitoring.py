@@ -79,9 +79,15 @@ def _registrations(text: str, types: dict[str, str], owner: str) -> dict[str, st
 
 def service_metrics(root: Path) -> dict[str, set[str]]:
     """Series names each service serves, from its sources."""
+    return {service: set(series) for service, series in service_series(root).items()}
+
+
+def service_series(root: Path) -> dict[str, dict[str, str]]:
+    """Series each service serves, from its sources, with the Rust type of their metric (a
+    `Family<...>` has no series, and no `# TYPE` line, until its first label set is used)."""
     common_text = (root / COMMON[0]).read_text()
     common = _registrations(common_text, _field_types(common_text, COMMON[1]), "self")
-    out: dict[str, set[str]] = {}
+    out: dict[str, dict[str, str]] = {}
     for service, (file, struct) in SERVICES.items():
         text = (root / file).read_text()
         prefix = re.search(r'Registry::with_prefix\("(\w+)"\)', text)
@@ -90,7 +96,7 @@ def service_metrics(root: Path) -> dict[str, set[str]]:
         own = _registrations(text, _field_types(text, struct), "metrics")
         if re.search(r"\.common\s*\.register\(", text):
             own = {**own, **common}
-        out[service] = set().union(*(_served(f"{prefix[1]}_{n}", t) for n, t in own.items()))
+        out[service] = {series: t for n, t in own.items() for series in _served(f"{prefix[1]}_{n}", t)}
     return out
 
 
