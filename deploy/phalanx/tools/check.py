@@ -497,12 +497,22 @@ def check_dockerfiles(report: Report, hadolint: str) -> None:
             problems.append("the build stage does not run cargo build --locked for the service")
         if "vendored-sources" not in build or "--offline" not in build:
             problems.append("no offline build from vendored sources")
+        # deploy/images/build --prebuilt: the runtime stage takes the binary from the stage
+        # BINARY_FROM names, `build` or `prebuilt` (the binary alone as the context).
+        names = {stage[0][1].split()[-1]: stage for stage in stages if " AS " in stage[0][1].upper()}
+        prebuilt = names.get("prebuilt", [])
+        if not any(ins == "COPY" and rest.split()[0] == service for ins, rest in prebuilt):
+            problems.append(f"no `prebuilt` stage copying {service} from the context")
+        if "binary" not in names or not names["binary"][0][1].startswith("${BINARY_FROM}"):
+            problems.append("no `binary` stage FROM ${BINARY_FROM}")
+        if not any(ins == "COPY" and rest.startswith("--from=binary ") for ins, rest in final):
+            problems.append("the runtime stage does not copy the binary from the `binary` stage")
         if problems:
             report.fail(f"{label}: properties", "\n".join(problems))
         else:
             report.ok(
                 f"{label}: multi-stage, slim runtime, uid 1000, libssl3 and ca-certificates, --version at build, "
-                "HOME and WORKDIR in /tmp, offline build"
+                "HOME and WORKDIR in /tmp, offline build, prebuilt binary path"
             )
     for chart_dir in charts():
         for template in (chart_dir / "templates").glob("*.yaml"):
