@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # publication-consumer: Reference Prompt Publication consumer: batch-ingested events into an embargo-aware state database.
 #
-# Built here by deploy/images/build (buildah). Build from the repository root (the whole workspace is the context):
+# Built here by deploy/images/build (buildah). Build from the repository root (the whole
+# workspace is the context):
 #   docker build -f deploy/images/publication-consumer.Dockerfile -t publication-consumer .
 # Offline, from vendored sources (run `cargo vendor --locked vendor` at the root first, with
 # network; the build then reads only vendor/ and Cargo.lock):
@@ -24,6 +25,9 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 ARG OFFLINE=0
+# Where TLS to crates.io passes a proxy with its own root certificate, a CA bundle that trusts it
+# (deploy/images/build mounts the build machine's); unset, cargo trusts the image's bundle.
+ARG CARGO_HTTP_CAINFO
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     if [ "$OFFLINE" = "1" ]; then \
