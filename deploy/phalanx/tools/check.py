@@ -4,22 +4,29 @@
     python check.py [--write-readmes] [--kubernetes-version 1.32.0]
 
 1. Every chart under ``applications/`` is linted (``helm lint --strict``) and rendered (Helm's own
-   engine, the Helm v4 Go library that the ``helm-python-sdk`` wheel carries) with its defaults
-   and with each ``values-<environment>.yaml``, plus the globals Argo CD injects.
+   engine, the Helm v4 Go library that the ``helm-python-sdk`` wheel carries) with each
+   ``values-<environment>.yaml`` and the switches in ``SCENARIOS``, plus the globals Argo CD
+   injects.
 2. Every rendered resource validates: Kubernetes kinds against the Kubernetes OpenAPI schemas
-   shipped by ``kubernetes-validate`` (strict: unknown fields fail), Strimzi and VaultSecret kinds
-   against ``crd_schemas.py``. A kind with no schema fails.
+   shipped by ``kubernetes-validate`` (strict: unknown fields fail), Strimzi, VaultSecret,
+   Prometheus operator and cert-manager kinds against ``crd_schemas.py``. A kind with no schema
+   fails.
 3. Environment variables, both ways: a variable a chart sets on a service's container that the
    service does not read fails; so does a variable the service requires that a chart leaves unset.
    What a service reads comes from its sources (clap ``env = "..."`` attributes of the structs its
-   container's subcommand parses, and the library code that reads the environment).
-4. Each chart's README.md is what ``--write-readmes`` generates from its values.yaml (helm-docs'
-   ``# --`` comments and ``# @default --`` overrides): a stale README fails.
-   Where the binaries are built, their ``serve --help`` must list exactly the variables the scan
-   found.
-5. The Dockerfiles under ``deploy/images``: hadolint, and the properties the deployment relies on
+   container's subcommand parses, and the library code that reads the environment). Where the
+   binaries are built, their ``serve --help`` must list exactly the variables the scan found.
+   The writer's batches must fit in half its memory limit.
+4. Each chart's README.md is what helm-docs writes with Phalanx's template (``helm_docs.py``):
+   a stale README fails.
+5. Alerts and dashboards: their PromQL parses and reads metrics that exist (``monitoring.py``).
+6. The Dockerfiles under ``deploy/images``: hadolint, and the properties the deployment relies on
    (multi-stage, slim runtime, uid 1000, libssl3 and ca-certificates, ``--version`` run at build,
-   HOME and WORKDIR under /tmp, nothing declared writable elsewhere).
+   HOME and WORKDIR under /tmp, nothing declared writable elsewhere, the prebuilt-binary path).
+7. A self-test: each kind of mistake must be caught.
+8. Where the Phalanx snapshot is: the switch-over rendered against the deployed charts, our files
+   laid in and Phalanx's own tests run, the README generator proven on all of Phalanx's READMEs,
+   Phalanx's JSON schemas (``phalanx_snapshot.py``); elsewhere one ``skip`` line.
 
 Prints a line per check and exits 0 when all pass, 1 otherwise.
 """
