@@ -187,6 +187,11 @@ def _get(document: dict, path: str) -> Any:
     return value
 
 
+def _under(path: str, prefix: str) -> bool:
+    """Whether `path` is `prefix` or inside it (a key or an index below it)."""
+    return path == prefix or path.startswith((prefix + ".", prefix + "["))
+
+
 def compare(app: str, deployed: list[dict], ours: list[dict]) -> tuple[list[str], list[str], list[str]]:
     """(summary, unexpected, detail) of replacing the deployed render of `app` with ours."""
     index_old = {f"{d['kind']}/{d['metadata']['name']}": _normalize(d) for d in deployed}
@@ -210,12 +215,11 @@ def compare(app: str, deployed: list[dict], ours: list[dict]) -> tuple[list[str]
         paths = [p for p, _, _ in changes]
         if not paths:
             continue
-        allowed = [p for p in expected if p.startswith(f"~{key}:")]
-        stray = [p for p in paths if not any(p == a.split(":", 1)[1] or p.startswith(a.split(":", 1)[1] + ".") or
-                                             p.startswith(a.split(":", 1)[1] + "[") for a in allowed)]
+        allowed = [p.split(":", 1)[1] for p in expected if p.startswith(f"~{key}:")]
+        stray = [p for p in paths if not any(_under(p, a) for a in allowed)]
         if stray:
             unexpected.append(f"~ {key}: {', '.join(stray[:8])}{' ...' if len(stray) > 8 else ''}")
-        summary.append(f"~ {key} ({len(paths)} fields)")
+        summary.append(f"~ {key} ({len(paths)} {'field' if len(paths) == 1 else 'fields'})")
         detail.append(f"~ {key}:")
         detail += [f"    {p}: {o!r} -> {n!r}" for p, o, n in changes]
     return summary, unexpected, detail
@@ -318,7 +322,11 @@ def cross_check(report: Any, snapshot: Path, render: Any, environments: Any, out
                 if unexpected:
                     report.fail(what, "differences nobody declared (EXPECTED in phalanx_snapshot.py):\n" + "\n".join(unexpected))
                 else:
-                    report.ok(f"{what}: in place, immutable fields equal; {'; '.join(summary) or 'no change'}")
+                    pruned = [line[2:] for line in summary if line.startswith("+ ")]
+                    report.ok(
+                        f"{what}: in place, immutable fields equal; {'; '.join(summary) or 'no change'}; "
+                        f"the rollback (the reverse) updates in place and prunes {', '.join(pruned) or 'nothing'}"
+                    )
 
         # 2. Our files laid in, and Phalanx's own tests.
         laid = lay(phalanx)
