@@ -20,7 +20,9 @@ temporary directory and, there:
    dependencies' values, shared charts and environments, ours included) must be what
    `helm_docs.readme` writes, byte for byte;
 4. validates our `secrets.yaml` files and the changed environment files against Phalanx's own JSON
-   schemas (`docs/extras/schemas/`), as its pre-commit does.
+   schemas (`docs/extras/schemas/`), as its pre-commit does, and has Phalanx itself
+   (`phalanx secrets static-template`) say which secrets it would ask an operator for: prompt-kafka's
+   passwords, not the services' copies of them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ EXPECTED: dict[str, dict[str, str]] = {
         "~KafkaUser/prompt-publication-consumer:spec.authorization.acls": "read-only on its groups (by prefix)",
     },
 }
+
+# Secrets an operator sets by hand (other applications keep copies of them, so never generated),
+# and those Phalanx copies from them.
+STATIC_SECRETS = [
+    ("prompt-kafka", "butler-writer-password"),
+    ("prompt-kafka", "prompt-publication-consumer-password"),
+    ("prompt-kafka", "kafdrop-password"),
+    ("prompt-kafka", "kafdrop-kafka-properties"),
+]
+COPIED_SECRETS = [
+    ("butler-writer-service", "butler-writer-password"),
+    ("prompt-publication-consumer", "prompt-publication-consumer-password"),
+]
 
 # Fields of a live object that Kubernetes refuses to change.
 IMMUTABLE = {
@@ -345,6 +360,34 @@ def cross_check(report: Any, snapshot: Path, render: Any, environments: Any, out
                 report.fail(f"{label}: tests/config_test.py", run.stdout[-6000:] + run.stderr[-2000:])
             else:
                 report.ok(f"{label}: Phalanx's tests/config_test.py with ours laid in: {last.strip('= ')}")
+
+        # Phalanx's own reading of our secrets.yaml: in each of our environments, the passwords
+        # the services copy from prompt-kafka are not asked for, and prompt-kafka's are static
+        # (set by hand, never generated: other applications keep copies of them).
+        if venv is not None:
+            for environment in sorted({e for app in our_applications() for e in environments(app)}):
+                run = subprocess.run(
+                    [str(venv / "bin" / "python"), "-c", "from phalanx.cli import main; main()",
+                     "secrets", "static-template", environment, "--config", str(phalanx)],
+                    cwd=phalanx, capture_output=True, text=True,
+                    env={**os.environ, "PYTHONPATH": str(phalanx / "src")},
+                )
+                what = f"{label}: phalanx secrets static-template {environment}"
+                if run.returncode != 0:
+                    report.fail(what, run.stdout[-3000:] + run.stderr[-3000:])
+                    continue
+                static = (yaml.safe_load(run.stdout) or {}).get("applications", {})
+                problems = []
+                for app, key in STATIC_SECRETS:
+                    if key not in static.get(app, {}):
+                        problems.append(f"{app}/{key} should be set by hand but Phalanx does not ask for it")
+                for app, key in COPIED_SECRETS:
+                    if app in static and key in static[app]:
+                        problems.append(f"{app}/{key} should be copied from prompt-kafka but Phalanx asks for it")
+                if problems:
+                    report.fail(what, "\n".join(problems))
+                else:
+                    report.ok(f"{what}: prompt-kafka's passwords static, the services' copies resolved by Phalanx")
 
         # 3. The README generator against every README in Phalanx, ours included.
         same, different = 0, []
