@@ -82,10 +82,41 @@ impl TestEnv {
         expected: usize,
         timeout: Duration,
     ) -> anyhow::Result<Vec<OwnedMessage>> {
+        self.read_topic_isolated(topic, expected, timeout, false)
+            .await
+    }
+
+    /// [`read_topic`](Self::read_topic) as a `read_committed` reader: only the messages of
+    /// committed transactions (and non-transactional ones), up to the last stable offset.
+    pub async fn read_topic_committed(
+        &self,
+        topic: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<OwnedMessage>> {
+        self.read_topic_isolated(topic, expected, timeout, true)
+            .await
+    }
+
+    async fn read_topic_isolated(
+        &self,
+        topic: &str,
+        expected: usize,
+        timeout: Duration,
+        committed: bool,
+    ) -> anyhow::Result<Vec<OwnedMessage>> {
         let mut config = self.kafka_config();
         config
             .set("enable.auto.commit", "false")
-            .set("group.id", unique_name("reader"));
+            .set("group.id", unique_name("reader"))
+            .set(
+                "isolation.level",
+                if committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            );
         let consumer: BaseConsumer = config.create()?;
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || read_all(&consumer, &topic, expected, timeout)).await?

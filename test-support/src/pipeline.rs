@@ -40,6 +40,19 @@ pub struct Fixture {
 /// A [`Fixture`] whose input topic has `partitions` partitions.
 pub async fn fixture(partitions: i32) -> Fixture {
     let env = TestEnv::start().await.unwrap_or_else(|e| panic!("{e:#}"));
+    fixture_on(env, partitions).await
+}
+
+/// A [`Fixture`] on a broker with transactions ([`TestEnv::start_transactional`]): writers made
+/// from it by `writer::env_settings` deliver in transactions.
+pub async fn transactional_fixture(partitions: i32) -> Fixture {
+    let env = TestEnv::start_transactional()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    fixture_on(env, partitions).await
+}
+
+async fn fixture_on(env: TestEnv, partitions: i32) -> Fixture {
     let registry = env.fresh_registry().await.expect("registry");
     let topics = env.fresh_topics(partitions).await.expect("topics");
     let dir = tempfile::tempdir().expect("dir");

@@ -16,12 +16,19 @@ pub const KAFKA_ENV: &str = "KAFKA_BOOTSTRAP_SERVERS";
 /// The environment variable naming the Postgres server (a superuser URL).
 pub const DATABASE_ENV: &str = "DATABASE_URL";
 
+/// The environment variable naming a broker with transactions beside the main one (the local
+/// stack's noida-db); [`TestEnv::start_transactional`] uses it when the main broker has none.
+pub const TXN_KAFKA_ENV: &str = "PROMPT_KAFKA_TXN_BOOTSTRAP_SERVERS";
+
 /// Which broker implementation the tests talk to; some guarantees can only be tested on some.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
     /// nisshi, the local stack's broker: consumer groups and the idempotent producer, no
     /// transactions.
     Nisshi,
+    /// noida-db, the local stack's second broker: transactions, a second implementation of the
+    /// protocol beside Apache Kafka (`deploy/local/README.md` says where it differs).
+    Noida,
     /// Apache Kafka (testcontainers, or an external cluster declared as `kafka`).
     ApacheKafka,
 }
@@ -29,16 +36,38 @@ pub enum BrokerKind {
 impl BrokerKind {
     /// Whether the broker accepts transactional producers.
     pub fn supports_transactions(self) -> bool {
+        matches!(self, Self::ApacheKafka | Self::Noida)
+    }
+
+    /// Whether the broker is Apache Kafka, whose documented behaviour (KIP-98, KIP-447) the
+    /// assertions that other implementations do not meet are kept for.
+    pub fn is_apache_kafka(self) -> bool {
         matches!(self, Self::ApacheKafka)
     }
 
+    /// Its name in `PROMPT_KAFKA_BROKER_KIND` and in the scenario table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nisshi => "nisshi",
+            Self::Noida => "noida",
+            Self::ApacheKafka => "kafka",
+        }
+    }
+
+    fn parse(variable: &str, value: &str) -> anyhow::Result<Self> {
+        match value {
+            "nisshi" => Ok(Self::Nisshi),
+            "noida" | "noida-db" => Ok(Self::Noida),
+            "kafka" | "apache-kafka" => Ok(Self::ApacheKafka),
+            other => bail!("{variable}={other} is not one of nisshi, noida, kafka"),
+        }
+    }
+
     fn from_env() -> anyhow::Result<Self> {
-        match std::env::var("PROMPT_KAFKA_BROKER_KIND").as_deref() {
-            Ok("nisshi") => Ok(Self::Nisshi),
-            Ok("kafka" | "apache-kafka") => Ok(Self::ApacheKafka),
-            Ok(other) => bail!("PROMPT_KAFKA_BROKER_KIND={other} is not one of nisshi, kafka"),
+        match std::env::var("PROMPT_KAFKA_BROKER_KIND") {
+            Ok(value) => Self::parse("PROMPT_KAFKA_BROKER_KIND", &value),
             // An external broker of unknown kind: assume the weaker one, so tests that need
-            // transactions use the mock cluster instead of failing on a broker that refuses them.
+            // transactions use a broker that has them instead of failing on one that refuses.
             Err(_) => Ok(Self::Nisshi),
         }
     }
@@ -53,6 +82,8 @@ pub struct TestEnv {
     database_url: String,
     /// The local stack's entry point, when the services are the stack's (it can restart them).
     stack: Option<PathBuf>,
+    /// The broker is the stack's second, transactional one (restarted with `--txn`).
+    stack_txn_broker: bool,
     /// Topics to delete at drop. Kept here rather than in `TestTopics`, which tests also build
     /// by hand (for brokers of their own) and clone: the environment knows the broker's address
     /// at the end of the test, after restarts.
@@ -101,10 +132,43 @@ impl TestEnv {
             broker_kind,
             database_url,
             stack,
+            stack_txn_broker: false,
             topics_to_delete: Mutex::new(Vec::new()),
             kafka_container,
             postgres_container,
         })
+    }
+
+    /// Services as [`start`](Self::start) gives them, on a broker with transactions: the main
+    /// broker when it has them (Apache Kafka), else the one `PROMPT_KAFKA_TXN_BOOTSTRAP_SERVERS`
+    /// names (the local stack's noida-db, of `PROMPT_KAFKA_TXN_BROKER_KIND`), else an Apache
+    /// Kafka container. Fails, naming the variable, when none is there.
+    pub async fn start_transactional() -> anyhow::Result<Self> {
+        if let Some(bootstrap) = non_empty_var(TXN_KAFKA_ENV)
+            && non_empty_var(KAFKA_ENV).is_some()
+            && !BrokerKind::from_env()?.supports_transactions()
+        {
+            let kind = match non_empty_var("PROMPT_KAFKA_TXN_BROKER_KIND") {
+                Some(value) => BrokerKind::parse("PROMPT_KAFKA_TXN_BROKER_KIND", &value)?,
+                None => BrokerKind::Noida,
+            };
+            let mut env = Self::start().await?;
+            env.kafka_bootstrap = bootstrap;
+            env.broker_kind = kind;
+            env.stack_txn_broker = true;
+            return Ok(env);
+        }
+        let env = Self::start().await?;
+        if !env.broker_kind.supports_transactions() {
+            bail!(
+                "this test needs a broker with transactions and {} ({}) has none: set {TXN_KAFKA_ENV} \
+                 (deploy/local/stack up starts noida-db and exports it), or point {KAFKA_ENV} at \
+                 Apache Kafka with PROMPT_KAFKA_BROKER_KIND=kafka",
+                env.kafka_bootstrap,
+                env.broker_kind.name()
+            );
+        }
+        Ok(env)
     }
 
     /// Deletes these topics when this `TestEnv` is dropped.
@@ -152,7 +216,11 @@ impl TestEnv {
             self.kafka_bootstrap = format!("127.0.0.1:{port}");
             return Ok(self.kafka_bootstrap.clone());
         }
-        self.run_stack(&["restart-broker"]).await?;
+        if self.stack_txn_broker {
+            self.run_stack(&["restart-broker", "--txn"]).await?;
+        } else {
+            self.run_stack(&["restart-broker"]).await?;
+        }
         Ok(self.kafka_bootstrap.clone())
     }
 
