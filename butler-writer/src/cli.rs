@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use butler_repository::{ButlerConfig, PoolSettings, RepositoryError};
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use crate::error::EngineError;
 use crate::outcome::RejectReason;
 use crate::registry::{Registry, StartupError};
+use crate::service::faults::{FaultInjector, NoFaults};
 
 /// The Butler Writer of Prompt Processing outputs.
 #[derive(Debug, Parser)]
@@ -106,6 +108,12 @@ pub enum Output {
 /// calls this, and so does any binary that must behave exactly as `butler-writer` does (the
 /// integration tests' writer process).
 pub fn main() -> ExitCode {
+    main_with_faults(Arc::new(NoFaults))
+}
+
+/// [`main`] with a test's fault injector on `serve`: the fault scenarios' writer process
+/// (`integration-tests`' `writer-under-test`) breaks where a kill would land.
+pub fn main_with_faults(faults: Arc<dyn FaultInjector>) -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -118,7 +126,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(run(cli))
+    runtime.block_on(run_with_faults(cli, faults))
 }
 
 /// Starts logging to stderr: `RUST_LOG` if set, else the `--log-level`.
@@ -128,8 +136,12 @@ pub fn init_tracing(cli: &Cli) {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
+    run_with_faults(cli, Arc::new(NoFaults)).await
+}
+
+async fn run_with_faults(cli: Cli, faults: Arc<dyn FaultInjector>) -> ExitCode {
     match cli.command {
-        Command::Serve(args) => crate::service::cli::serve(*args).await,
+        Command::Serve(args) => crate::service::cli::serve_with_faults(*args, faults).await,
         Command::Replay(args) => crate::replay::replay(*args).await,
         Command::Redrive(args) => crate::redrive::redrive(*args).await,
         Command::Ingest(args) => match ingest(&args).await {

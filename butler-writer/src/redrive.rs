@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -119,6 +120,10 @@ pub async fn run(
                 ("group.id", "butler-writer-redrive"),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
+                // Where the writer delivers in transactions, the last offset of the dead-letter
+                // topic is a transaction marker no message carries: the end of each partition is
+                // known by librdkafka's end-of-partition event (at the last stable offset).
+                ("enable.partition.eof", "true"),
             ],
         )
         .create()
@@ -172,8 +177,10 @@ pub async fn run(
     Ok(summary)
 }
 
-/// Every letter from the earliest offset to the end offsets seen at start; those of the wanted
-/// reasons are returned, all are counted by reason.
+/// Every committed letter from the earliest offset to the end offsets seen at start; those of the
+/// wanted reasons are returned, all are counted by reason. Letters of transactions still open
+/// at the end are left for the next re-drive; those of aborted transactions are never read
+/// (librdkafka reads `read_committed` by default).
 fn read(
     consumer: &BaseConsumer,
     topic: &str,
@@ -207,6 +214,14 @@ fn read(
             Some(Ok(message)) => {
                 last_message = Instant::now();
                 let partition = message.partition();
+                let Some(end) = ends.get(&partition).copied() else {
+                    continue;
+                };
+                if message.offset() >= end {
+                    // Produced after the re-drive started: not this re-drive's.
+                    ends.remove(&partition);
+                    continue;
+                }
                 let reason =
                     header_text(&message, headers::REASON).unwrap_or_else(|| "unknown".to_owned());
                 *by_reason.entry(reason.clone()).or_default() += 1;
@@ -216,12 +231,13 @@ fn read(
                         message.payload().unwrap_or_default().to_vec(),
                     ));
                 }
-                if ends
-                    .get(&partition)
-                    .is_some_and(|end| message.offset() + 1 >= *end)
-                {
+                if message.offset() + 1 >= end {
                     ends.remove(&partition);
                 }
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                last_message = Instant::now();
+                ends.remove(&partition);
             }
             Some(Err(e)) => return Err(failed(format!("reading {topic}"))(e).into()),
             None if last_message.elapsed() > BROKER_TIMEOUT => {

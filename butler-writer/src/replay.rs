@@ -167,6 +167,8 @@ impl ReplayArgs {
             .replay_transactional_id
             .unwrap_or_else(|| format!("{}-replay", settings.transactional_id));
         settings.http_address = self.replay_http_address;
+        // A one-off run in a group of its own: a dynamic member, whatever the pod's variables say.
+        settings.group_instance_id = None;
         settings.validate()?;
         Ok((settings, since))
     }

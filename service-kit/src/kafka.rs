@@ -246,6 +246,10 @@ pub fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::InvalidConfig
             | RDKafkaErrorCode::ProducerFenced
             | RDKafkaErrorCode::Fenced
+            // Another consumer took this one's group.instance.id: this process is the zombie.
+            | RDKafkaErrorCode::FencedInstanceId
+            // librdkafka raised a fatal error; the client is unusable from here on.
+            | RDKafkaErrorCode::Fatal
     )
 }
 

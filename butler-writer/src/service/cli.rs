@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use butler_repository::PoolSettings;
@@ -17,6 +18,7 @@ use service_kit::cli::{KafkaArgNames, KafkaArgs, seconds};
 use service_kit::{ConfigError, KafkaSettings, KafkaVariables, RetrySettings};
 
 use super::Service;
+use super::faults::{FaultInjector, NoFaults};
 use super::settings::{
     BatchSettings, BreakerSettings, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_MESSAGES,
     DEFAULT_BATCH_MAX_WAIT_MS, DEFAULT_DB_CONCURRENCY, DEFAULT_GROUP_ID, DEFAULT_TRANSACTIONAL_ID,
@@ -70,6 +72,12 @@ pub struct ServeArgs {
     /// The consumer group.
     #[arg(long, env = "BUTLER_WRITER_GROUP_ID", default_value = DEFAULT_GROUP_ID)]
     pub group_id: String,
+
+    /// The writer's static member id in its group (`group.instance.id`), stable across restarts
+    /// (the StatefulSet's pod name), so a restarted writer takes its partitions back at once;
+    /// unset: a dynamic member, whose partitions wait out the session timeout after a kill.
+    #[arg(long, env = "BUTLER_WRITER_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
 
     /// The dead-letter topic.
     #[arg(long, env = "BUTLER_WRITER_DEAD_LETTER_TOPIC", default_value = DEAD_LETTER_TOPIC)]
@@ -186,6 +194,7 @@ impl ServeArgs {
             output_topic: self.kafka_output_topic,
             dead_letter_topic: self.dead_letter_topic,
             group_id: self.group_id,
+            group_instance_id: self.group_instance_id.filter(|id| !id.is_empty()),
             transactional_id: self.transactional_id,
             delivery: self.delivery,
             output_directory: self.output_dataset_list_directory,
@@ -223,7 +232,15 @@ impl ServeArgs {
 /// Runs the service until SIGTERM or Ctrl-C. Exit status 0 after a clean stop, 1 on a fatal
 /// error, 2 on a configuration error (one line on stderr, and in the log).
 pub async fn serve(args: ServeArgs) -> ExitCode {
-    service_kit::lifecycle::serve(PROGRAM, args.into_settings(), Service::start).await
+    serve_with_faults(args, Arc::new(NoFaults)).await
+}
+
+/// [`serve`] with a test's fault injector.
+pub async fn serve_with_faults(args: ServeArgs, faults: Arc<dyn FaultInjector>) -> ExitCode {
+    service_kit::lifecycle::serve(PROGRAM, args.into_settings(), |settings| {
+        Service::start_with_faults(settings, faults)
+    })
+    .await
 }
 
 /// How the writer names itself on stderr.

@@ -22,6 +22,7 @@ use service_kit::kafka::is_fatal_code;
 
 use super::batch::InputMessage;
 use super::consume::WriterConsumer;
+use super::faults::FaultInjector;
 use super::settings::DeliveryMode;
 use crate::outcome::Rejection;
 
@@ -169,8 +170,7 @@ fn classify(error: KafkaError, doing: &str) -> DeliveryError {
             Some(
                 RDKafkaErrorCode::IllegalGeneration
                 | RDKafkaErrorCode::UnknownMemberId
-                | RDKafkaErrorCode::RebalanceInProgress
-                | RDKafkaErrorCode::FencedInstanceId,
+                | RDKafkaErrorCode::RebalanceInProgress,
             ),
         ) => DeliveryFailure::Abandon,
         _ => DeliveryFailure::Retry,
@@ -188,6 +188,7 @@ pub struct Delivery {
     producer: FutureProducer,
     consumer: Arc<WriterConsumer>,
     mode: DeliveryMode,
+    faults: Arc<dyn FaultInjector>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -205,11 +206,13 @@ impl Delivery {
         producer: FutureProducer,
         consumer: Arc<WriterConsumer>,
         mode: DeliveryMode,
+        faults: Arc<dyn FaultInjector>,
     ) -> Self {
         Self {
             producer,
             consumer,
             mode,
+            faults,
         }
     }
 
@@ -281,10 +284,11 @@ impl Delivery {
     ) -> Result<(), DeliveryError> {
         let producer = self.producer.clone();
         let consumer = Arc::clone(&self.consumer);
+        let faults = Arc::clone(&self.faults);
         let records = records.to_vec();
         let offsets = offsets.clone();
         tokio::task::spawn_blocking(move || {
-            let result = transaction(&producer, &consumer, &records, &offsets);
+            let result = transaction(&producer, &consumer, &records, &offsets, &*faults);
             if let Err(error) = &result
                 && error.failure != DeliveryFailure::Stop
             {
@@ -304,6 +308,7 @@ fn transaction(
     consumer: &WriterConsumer,
     records: &[OutRecord],
     offsets: &TopicPartitionList,
+    faults: &dyn FaultInjector,
 ) -> Result<(), DeliveryError> {
     producer
         .begin_transaction()
@@ -322,6 +327,16 @@ fn transaction(
     producer
         .send_offsets_to_transaction(offsets, &group, KAFKA_CALL_TIMEOUT)
         .map_err(|e| classify(e, "sending offsets to the transaction"))?;
+    // The records are on the broker, in the open transaction, before it commits (the commit
+    // would flush them first anyway).
+    producer
+        .flush(KAFKA_CALL_TIMEOUT)
+        .map_err(|e| classify(e, "producing the batch's records"))?;
+    faults.in_transaction().map_err(|fault| DeliveryError {
+        failure: DeliveryFailure::Stop,
+        doing: "committing the transaction".to_owned(),
+        source: Box::new(fault),
+    })?;
     producer
         .commit_transaction(KAFKA_CALL_TIMEOUT)
         .map_err(|e| classify(e, "committing the transaction"))

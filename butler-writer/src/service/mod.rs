@@ -172,7 +172,12 @@ impl Service {
         let gate = Arc::new(tokio::sync::Mutex::new(()));
         let consumer = Arc::new(create_consumer(&settings, &health, &metrics, &gate)?);
         let producer = create_producer(&settings).await?;
-        let delivery = Delivery::new(producer, Arc::clone(&consumer), settings.delivery);
+        let delivery = Delivery::new(
+            producer,
+            Arc::clone(&consumer),
+            settings.delivery,
+            Arc::clone(&faults),
+        );
 
         let close = CancellationToken::new();
         let (batch_tx, batch_rx) = mpsc::channel(1);
@@ -337,23 +342,26 @@ fn create_consumer(
     metrics: &Arc<Metrics>,
     gate: &Arc<tokio::sync::Mutex<()>>,
 ) -> Result<WriterConsumer, ServiceError> {
-    let mut config = settings.kafka.client_config(
-        CLIENT_ID,
-        &[
-            ("group.id", &settings.group_id),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-            // Eager assignors: a rebalance revokes everything, so an uncommitted batch is simply
-            // abandoned and redelivered (see `consume`).
-            ("partition.assignment.strategy", "range,roundrobin"),
-            // Bounded prefetch per partition: 8 MB keeps a 500-message batch fed from a backlog
-            // (4 MB starved it: 4,000 instead of 6,500 datasets/s) and the writer under 150 MB
-            // (16 MB: 128 MB peak on four partitions, 8 MB: 115 MB).
-            ("queued.max.messages.kbytes", "8192"),
-            ("statistics.interval.ms", "5000"),
-        ],
-    );
+    let mut properties = vec![
+        ("group.id", settings.group_id.as_str()),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        // Eager assignors: a rebalance revokes everything, so an uncommitted batch is simply
+        // abandoned and redelivered (see `consume`).
+        ("partition.assignment.strategy", "range,roundrobin"),
+        // Bounded prefetch per partition: 8 MB keeps a 500-message batch fed from a backlog
+        // (4 MB starved it: 4,000 instead of 6,500 datasets/s) and the writer under 150 MB
+        // (16 MB: 128 MB peak on four partitions, 8 MB: 115 MB).
+        ("queued.max.messages.kbytes", "8192"),
+        ("statistics.interval.ms", "5000"),
+    ];
+    // Static membership (KIP-345): a restarted pod with the same instance id takes its
+    // partitions back at once instead of waiting out the session timeout of its dead self.
+    if let Some(instance) = &settings.group_instance_id {
+        properties.push(("group.instance.id", instance));
+    }
+    let mut config = settings.kafka.client_config(CLIENT_ID, &properties);
     config.set_log_level(RDKafkaLogLevel::Warning);
     let context = KafkaContext::new(
         Arc::clone(health),

@@ -50,6 +50,11 @@ pub struct Settings {
     pub dead_letter_topic: String,
     /// The consumer group.
     pub group_id: String,
+    /// The writer's static member id in its group (`group.instance.id`, KIP-345), stable across
+    /// restarts (the StatefulSet's pod name): a restarted writer takes its partitions back at
+    /// once. `None`: a dynamic member, whose partitions wait out the session timeout (45 s by
+    /// default) after a kill.
+    pub group_instance_id: Option<String>,
     /// The transactional id (transactional mode); unique per writer.
     pub transactional_id: String,
     /// How results reach Kafka.
@@ -89,6 +94,7 @@ impl Settings {
             output_topic: output_topic.into(),
             dead_letter_topic: schema::topics::DEAD_LETTER_TOPIC.to_owned(),
             group_id: DEFAULT_GROUP_ID.to_owned(),
+            group_instance_id: None,
             transactional_id: DEFAULT_TRANSACTIONAL_ID.to_owned(),
             delivery: DeliveryMode::Transactional,
             output_directory: output_directory.into(),
@@ -128,6 +134,15 @@ impl Settings {
                 "the input topic {} is also an output topic",
                 self.input_topic
             )));
+        }
+        if self
+            .group_instance_id
+            .as_ref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return Err(ConfigError::new(
+                "BUTLER_WRITER_GROUP_INSTANCE_ID is empty: unset it for a dynamic member",
+            ));
         }
         if self.batch.max_messages == 0 {
             return Err(ConfigError::new(

@@ -2,7 +2,9 @@
 //! process they can kill, and always from the current sources.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 fn main() -> ExitCode {
-    butler_writer::cli::main()
+    // Faults come from the environment: a scenario asks the writer to kill itself mid-transaction.
+    butler_writer::cli::main_with_faults(Arc::new(integration_tests::EnvFaults::from_env()))
 }
