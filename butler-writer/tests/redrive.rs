@@ -17,13 +17,24 @@ use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use test_support::fixture;
 use test_support::messages::{MessageFactory, dataset_ids, record_mut, to_lines};
+use test_support::pipeline::{Fixture, transactional_fixture};
 use test_support::pipeline::{header, produce, registry_datasets, wait_for_datasets};
 use test_support::writer::{env_settings, start};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_redriven_after_the_fix_and_announced() {
-    let f = fixture(1).await;
+    redrive_after_the_fix(fixture(1).await).await;
+}
+
+/// The same where the writer delivers in transactions: the dead-letter topic then ends with a
+/// transaction marker, not a letter, and the letters are read `read_committed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_a_transactional_writer_are_redriven() {
+    redrive_after_the_fix(transactional_fixture(1).await).await;
+}
+
+async fn redrive_after_the_fix(f: Fixture) {
     let factory = MessageFactory::load();
     let good = factory.batch(740_000, 30);
     let mut bad = factory.message(741_000, 5, 3);

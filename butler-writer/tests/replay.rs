@@ -26,7 +26,9 @@ use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use test_support::fixture;
 use test_support::messages::{MessageFactory, dataset_ids, to_lines};
-use test_support::pipeline::{committed, produce, registry_datasets};
+use test_support::pipeline::{
+    Fixture, committed, produce, registry_datasets, transactional_fixture,
+};
 use test_support::writer::{env_settings, start};
 use uuid::Uuid;
 
@@ -97,11 +99,21 @@ fn restored_config(original: &Path, database_url: &str, into: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_restored_from_an_older_dump_is_brought_forward_by_replay() {
+    restore_and_replay(fixture(PARTITIONS).await).await;
+}
+
+/// The same in the production delivery mode: the live writer and the replay deliver in
+/// transactions, the replay's offsets committed within them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_replay_brings_a_restored_registry_forward() {
+    restore_and_replay(transactional_fixture(PARTITIONS).await).await;
+}
+
+async fn restore_and_replay(f: Fixture) {
     let part2_datasets: usize = std::env::var("REPLAY_TEST_DATASETS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3000);
-    let f = fixture(PARTITIONS).await;
     let factory = MessageFactory::load();
     let part1a = factory.batch(700_000, 300);
     let part1b = factory.batch(710_000, 300);

@@ -621,29 +621,56 @@ async fn transactional_delivery_on_librdkafkas_mock_cluster() {
     for topic in [&topics.input, &topics.events, &topics.dead_letter] {
         mock.create_topic(topic, 1, 3).expect("topic");
     }
-    let bootstrap = mock.bootstrap_servers();
+    // The mock cluster does not store transactional offsets (deploy/local/README.md).
+    transactional_end_to_end(
+        &mock.bootstrap_servers(),
+        &registry,
+        &topics,
+        dir.path(),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn transactional_delivery_on_a_broker_with_transactions() {
+    let env = TestEnv::start_transactional()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let registry = env.fresh_registry().await.expect("registry");
+    let topics = env.fresh_topics(1).await.expect("topics");
+    let dir = tempfile::tempdir().expect("dir");
+    transactional_end_to_end(env.kafka_bootstrap(), &registry, &topics, dir.path(), true).await;
+}
+
+/// The reference messages, conflicts and a broken message through a transactional writer on
+/// `bootstrap`: events and dead letters visible to a `read_committed` reader, every dataset
+/// once, and (`offsets`) the offsets committed inside the transaction.
+async fn transactional_end_to_end(
+    bootstrap: &str,
+    registry: &test_support::TestRegistry,
+    topics: &test_support::TestTopics,
+    dir: &std::path::Path,
+    offsets: bool,
+) {
     let mut lines = reference_lines("batch_a.jsonl");
     lines.extend(reference_lines("batch_a_conflict.jsonl"));
     lines.extend(reference_lines("batch_c.jsonl"));
     lines.push(b"{".to_vec());
     let mut expected = ids_of(&reference_lines("batch_a.jsonl"));
     expected.extend(ids_of(&reference_lines("batch_c.jsonl")));
-    produce(&bootstrap, &topics.input, &lines, Some(0)).await;
+    produce(bootstrap, &topics.input, &lines, Some(0)).await;
 
-    let settings = test_support::writer::settings(
-        &bootstrap,
-        &registry.butler_config,
-        &topics,
-        dir.path(),
-        true,
-    );
+    let settings =
+        test_support::writer::settings(bootstrap, &registry.butler_config, topics, dir, true);
+    let group = settings.group_id.clone();
     let service = start(settings).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut announced = BTreeSet::new();
     let mut events = 0;
     while !expected.is_subset(&announced) {
         assert!(Instant::now() < deadline, "announced {announced:?}");
-        let b = bootstrap.clone();
+        let b = bootstrap.to_owned();
         let t = topics.events.clone();
         let messages = tokio::task::spawn_blocking(move || {
             read_committed(&b, &t, usize::MAX, Duration::from_millis(1500))
@@ -654,22 +681,29 @@ async fn transactional_delivery_on_librdkafkas_mock_cluster() {
         for message in messages {
             let event =
                 schema::BatchIngestedEvent::from_json(message.payload().unwrap()).expect("event");
-            let file = test_support::pipeline::read_batch_file(dir.path(), &event.batch_file);
+            let file = test_support::pipeline::read_batch_file(dir, &event.batch_file);
             assert_eq!(file.batch_id, event.batch_id);
             announced.extend(file.datasets);
         }
     }
     assert!(events >= 1);
     assert_eq!(announced, expected);
-    let (b, t) = (bootstrap.clone(), topics.dead_letter.clone());
+    let (b, t) = (bootstrap.to_owned(), topics.dead_letter.clone());
     let dead =
         tokio::task::spawn_blocking(move || read_committed(&b, &t, 5, Duration::from_secs(30)))
             .await
             .expect("read");
     assert_eq!(dead.len(), 5, "four conflicts and one broken message");
-    let in_registry: BTreeSet<Uuid> = registry_datasets(&registry).await.into_iter().collect();
+    let in_registry: BTreeSet<Uuid> = registry_datasets(registry).await.into_iter().collect();
     assert_eq!(in_registry, expected);
     stop(service).await;
+    if offsets {
+        assert_eq!(
+            committed(bootstrap, &group, &topics.input, 1),
+            [lines.len() as i64],
+            "the offsets committed in the transaction"
+        );
+    }
 }
 
 #[tokio::test]

@@ -7,6 +7,10 @@
 //! Postgres or restarts the broker takes the service away from everything else using it, so the
 //! scenarios run one at a time and apart from the other crates' tests (`scripts/test` does).
 //!
+//! Each scenario runs in both delivery modes ([`Delivery`]): idempotent on the main broker
+//! (nisshi, which has no transactions) and transactional on a broker with transactions (the
+//! local stack's noida-db, or Apache Kafka), as production runs.
+//!
 //! # Layout
 //! - [`Harness`]: a scenario's services, registry, topics and batch-file directory.
 //! - [`WriterProcess`]: a `butler-writer serve` process (the `writer-under-test` binary, which is
@@ -36,11 +40,76 @@ use test_support::{TestEnv, TestRegistry, TestTopics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
+/// The variable that makes `writer-under-test` kill itself (SIGKILL) inside its Nth
+/// transaction, once the batch's records are on the broker and before the commit.
+pub const KILL_IN_TRANSACTION_ENV: &str = "WRITER_UNDER_TEST_KILL_IN_TRANSACTION";
+
+/// The faults `writer-under-test` takes from its environment: a seam of the test binary only.
+#[derive(Debug, Default)]
+pub struct EnvFaults {
+    kill_in_transaction: Option<u64>,
+    transactions: std::sync::atomic::AtomicU64,
+}
+
+impl EnvFaults {
+    /// The faults [`KILL_IN_TRANSACTION_ENV`] asks for.
+    pub fn from_env() -> Self {
+        Self {
+            kill_in_transaction: std::env::var(KILL_IN_TRANSACTION_ENV)
+                .ok()
+                .and_then(|n| n.parse().ok()),
+            transactions: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl butler_writer::service::faults::FaultInjector for EnvFaults {
+    fn in_transaction(&self) -> Result<(), butler_writer::service::faults::InjectedFault> {
+        let n = self
+            .transactions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if self.kill_in_transaction == Some(n) {
+            // A real SIGKILL, from outside the process's own code: no destructor, no abort of
+            // the transaction, no flush.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        Ok(())
+    }
+}
+
+/// How a scenario's writers get their results to Kafka, and so on which broker it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Idempotent producer, then the offsets, on the main broker (nisshi here).
+    Idempotent,
+    /// Event, dead letters and offsets in one transaction, on a broker with transactions.
+    Transactional,
+}
+
+impl Delivery {
+    /// `BUTLER_WRITER_DELIVERY`'s value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Idempotent => "idempotent",
+            Self::Transactional => "transactional",
+        }
+    }
+}
+
 /// A scenario's world: the services, a registry and topics of its own, a batch-file directory.
 #[derive(Debug)]
 pub struct Harness {
     /// The scenario's name, for logs and figures.
     pub name: String,
+    /// How its writers deliver, and so which broker it runs on.
+    pub delivery: Delivery,
+    /// Writers are static group members (`BUTLER_WRITER_GROUP_INSTANCE_ID` = their pod's name),
+    /// as the chart runs them; a scenario may turn it off to compare.
+    pub static_members: bool,
     /// The broker and the database.
     pub env: TestEnv,
     /// The registry under test.
@@ -55,15 +124,61 @@ pub struct Harness {
     writers_started: usize,
 }
 
+/// When a scenario fails, the end of each writer's log goes to stderr (the logs themselves go
+/// with the scenario's temporary directory): what the writers said is most of a diagnosis.
+impl Drop for Harness {
+    #[allow(clippy::print_stderr)] // The test's output, on failure.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.work.path()) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(WRITER_LOG_TAIL)..];
+            eprintln!(
+                "--- {} (last {} of {} lines)\n{}",
+                log.file_name().unwrap_or_default().to_string_lossy(),
+                tail.len(),
+                lines.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+/// How many lines of each writer's log a failed scenario prints.
+const WRITER_LOG_TAIL: usize = 40;
+
 impl Harness {
-    /// Services, a fresh registry and fresh topics (the input with `partitions` partitions);
-    /// writers run `writer_binary` (the tests pass `writer-under-test`).
-    pub async fn new(name: &str, partitions: i32, writer_binary: &Path) -> anyhow::Result<Self> {
-        let env = TestEnv::start().await?;
+    /// Services (a broker with transactions for [`Delivery::Transactional`]), a fresh registry
+    /// and fresh topics (the input with `partitions` partitions); writers run `writer_binary`
+    /// (the tests pass `writer-under-test`).
+    pub async fn new(
+        name: &str,
+        delivery: Delivery,
+        partitions: i32,
+        writer_binary: &Path,
+    ) -> anyhow::Result<Self> {
+        let env = match delivery {
+            Delivery::Idempotent => TestEnv::start().await?,
+            Delivery::Transactional => TestEnv::start_transactional().await?,
+        };
         let registry = env.fresh_registry().await?;
         let topics = env.fresh_topics(partitions).await?;
         Ok(Self {
             name: name.to_owned(),
+            delivery,
+            static_members: true,
             env,
             registry,
             topics,
@@ -111,11 +226,35 @@ impl Harness {
         }
     }
 
-    /// Starts a `butler-writer serve` process with the deployed variables (idempotent delivery on
-    /// a broker without transactions), waiting until it is ready. `args` go after `serve`;
-    /// `extra` adds or overrides variables.
+    /// Starts the `writer-0` pod: [`start_pod`](Self::start_pod).
     pub async fn start_writer(
         &mut self,
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<WriterProcess> {
+        self.start_pod("writer-0", args, extra).await
+    }
+
+    /// Starts a `butler-writer serve` process as pod `pod` of the StatefulSet with the deployed
+    /// variables, waiting until it is ready: the pod's transactional id and (with
+    /// [`static_members`](Self::static_members)) its `group.instance.id` are its own and the same
+    /// across restarts, as the chart makes them. `args` go after `serve`; `extra` adds or
+    /// overrides variables.
+    pub async fn start_pod(
+        &mut self,
+        pod: &str,
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<WriterProcess> {
+        let mut writer = self.spawn_pod(pod, args, extra)?;
+        writer.wait_ready(Duration::from_secs(60)).await?;
+        Ok(writer)
+    }
+
+    /// Starts pod `pod` as [`start_pod`](Self::start_pod) does, without waiting for it.
+    pub fn spawn_pod(
+        &mut self,
+        pod: &str,
         args: &[&str],
         extra: &[(&str, &str)],
     ) -> anyhow::Result<WriterProcess> {
@@ -123,12 +262,7 @@ impl Harness {
         let index = self.writers_started;
         let port = free_port()?;
         let http: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let log_path = self.work.path().join(format!("writer-{index}.log"));
-        let delivery = if self.env.broker_kind().supports_transactions() {
-            "transactional"
-        } else {
-            "idempotent"
-        };
+        let log_path = self.work.path().join(format!("{pod}-{index}.log"));
         let mut vars: BTreeMap<&str, String> = BTreeMap::from([
             (
                 "BUTLER_REPOSITORY",
@@ -145,20 +279,23 @@ impl Harness {
                 "BUTLER_WRITER_DEAD_LETTER_TOPIC",
                 self.topics.dead_letter.clone(),
             ),
-            ("BUTLER_WRITER_DELIVERY", delivery.to_owned()),
+            ("BUTLER_WRITER_DELIVERY", self.delivery.name().to_owned()),
             (
                 "BUTLER_WRITER_GROUP_ID",
                 format!("{}_writers", self.topics.input),
             ),
             (
                 "BUTLER_WRITER_TRANSACTIONAL_ID",
-                format!("{}_txn_{index}", self.topics.input),
+                format!("{}_txn_{pod}", self.topics.input),
             ),
             ("BUTLER_WRITER_HTTP_ADDRESS", http.to_string()),
             ("BUTLER_WRITER_RETRY_INITIAL_MS", "100".to_owned()),
             ("BUTLER_WRITER_RETRY_MAX_MS", "1000".to_owned()),
             ("BUTLER_WRITER_LOG_FORMAT", "text".to_owned()),
         ]);
+        if self.static_members {
+            vars.insert("BUTLER_WRITER_GROUP_INSTANCE_ID", pod.to_owned());
+        }
         for (k, v) in extra {
             vars.insert(k, (*v).to_owned());
         }
@@ -173,13 +310,11 @@ impl Harness {
             .kill_on_drop(true)
             .spawn()
             .context("starting the writer process")?;
-        let mut writer = WriterProcess {
+        Ok(WriterProcess {
             child,
             http,
             log: log_path,
-        };
-        writer.wait_ready(Duration::from_secs(60)).await?;
-        Ok(writer)
+        })
     }
 
     /// Reconciles a finished load test with the registry and the batch files, and compares the
@@ -298,6 +433,34 @@ impl WriterProcess {
         Ok(())
     }
 
+    /// SIGSTOP: frozen, as a paused pod or a long stop-the-world pause is; [`resume`](Self::resume)
+    /// thaws it.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the writer has exited")?;
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -{name} {pid} failed");
+        Ok(())
+    }
+
+    /// Waits for the process to end by itself (a fault, a fatal error), at most `timeout`.
+    pub async fn exited(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| format!("the writer still runs after {timeout:?}"))?
+            .context("waiting for the writer")
+    }
+
     /// SIGTERM, and the exit status once it has stopped.
     pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {
@@ -383,6 +546,9 @@ impl Reconciliation {
 pub struct Figures {
     /// The scenario.
     pub scenario: String,
+    /// Delivery mode and broker: `idempotent/nisshi`, `transactional/noida`.
+    #[serde(default)]
+    pub mode: String,
     /// Datasets with a delivery report.
     pub sent: u64,
     /// Datasets in the registry.
@@ -390,8 +556,9 @@ pub struct Figures {
     /// Unexpected duplicates: datasets in the registry that should not be (a conflict let
     /// through); always 0 when the scenario passes.
     pub duplicated: u64,
-    /// Re-announcements (a dataset in a second batch file after a crash), which the idempotent
-    /// design allows and downstream tolerates.
+    /// Datasets announced twice to a `read_committed` reader (a batch redone after a kill
+    /// between its announcement and its offset commit), which idempotent delivery allows and
+    /// downstream tolerates; transactional delivery never announces twice.
     pub reannounced: u64,
     /// Datasets lost.
     pub lost: u64,
@@ -407,19 +574,20 @@ pub struct Figures {
 }
 
 impl Figures {
-    /// The row for a reconciled scenario.
+    /// The row for a reconciled scenario of harness `h`.
     pub fn new(
-        scenario: &str,
+        h: &Harness,
         r: &Reconciliation,
         recovery_seconds: Option<f64>,
         seconds: f64,
     ) -> Self {
         Self {
-            scenario: scenario.to_owned(),
+            scenario: h.name.clone(),
+            mode: format!("{}/{}", h.delivery.name(), h.env.broker_kind().name()),
             sent: r.delivered,
             ingested: r.in_registry,
             duplicated: r.unexpected.len() as u64,
-            reannounced: r.repeated_in_batch_files,
+            reannounced: r.repeated_announcements,
             lost: r.lost.len() as u64,
             dead_lettered: r.dead_lettered,
             recovery_seconds,
@@ -433,7 +601,11 @@ impl Figures {
         let dir = figures_dir();
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
-            dir.join(format!("{}.json", self.scenario)),
+            dir.join(format!(
+                "{}.{}.json",
+                self.scenario,
+                self.mode.replace('/', "-")
+            )),
             serde_json::to_vec_pretty(self)?,
         )?;
         Ok(())
@@ -460,10 +632,11 @@ pub fn figures_table() -> anyhow::Result<String> {
             }
         }
     }
-    rows.sort_by(|a, b| a.scenario.cmp(&b.scenario));
+    rows.sort_by(|a, b| (&a.scenario, &a.mode).cmp(&(&b.scenario, &b.mode)));
     let mut out = format!(
-        "{:<34}{:>8}{:>9}{:>6}{:>11}{:>6}{:>7}{:>10}{:>8}{:>7}\n",
+        "{:<34}{:<21}{:>8}{:>9}{:>6}{:>11}{:>6}{:>7}{:>10}{:>8}{:>7}\n",
         "scenario",
+        "mode",
         "sent",
         "ingested",
         "dup",
@@ -476,8 +649,9 @@ pub fn figures_table() -> anyhow::Result<String> {
     );
     for r in &rows {
         out.push_str(&format!(
-            "{:<34}{:>8}{:>9}{:>6}{:>11}{:>6}{:>7}{:>10}{:>8.1}{:>7}\n",
+            "{:<34}{:<21}{:>8}{:>9}{:>6}{:>11}{:>6}{:>7}{:>10}{:>8.1}{:>7}\n",
             r.scenario,
+            r.mode,
             r.sent,
             r.ingested,
             r.duplicated,

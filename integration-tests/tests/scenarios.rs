@@ -4,6 +4,12 @@
 //! messages table for table (ingest dates aside). Each saves its figures for the table
 //! `scripts/test` prints at the end (`cargo run -p integration-tests --bin scenario-table`).
 //!
+//! Each scenario runs twice (a test per mode, from [`in_both_modes!`]): idempotent delivery on
+//! the main broker (nisshi) and transactional delivery on a broker with transactions (noida-db
+//! here, Apache Kafka where there is one), each writer a static group member named for its pod,
+//! as the chart runs them. The transactional runs also check what only transactions promise:
+//! nothing announced twice to a `read_committed` reader.
+//!
 //! These take services away from everything else using them (Postgres stopped, the broker
 //! restarted): they run one at a time (the `fault-scenarios` group in `.config/nextest.toml`) and
 //! apart from the other crates' tests (`scripts/test` runs them last).
@@ -13,18 +19,36 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use integration_tests::{Figures, Harness, Reconciliation, WriterProcess};
+use integration_tests::{Delivery, Figures, Harness, Reconciliation, WriterProcess};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use record_producer::{Faults, Mode, Report};
 
-/// Librdkafka's default session timeout is 45 s: a SIGKILLed writer's partitions wait that long
-/// for the group to notice. The scenarios shorten it so five kills fit in a test; the recovery
-/// times below scale with it.
+/// Librdkafka's default session timeout is 45 s: a SIGKILLed dynamic member's partitions wait
+/// that long for the group to notice, and a static member's until its pod comes back. The
+/// scenarios shorten it so five kills fit in a test; the recovery times below scale with it.
 const SESSION_TIMEOUT_ARGS: [&str; 2] = ["--kafka-option", "session.timeout.ms=6000"];
 
-async fn harness(name: &str, partitions: i32) -> Harness {
+/// Two tests of scenario `$scenario`, one per delivery mode.
+macro_rules! in_both_modes {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn idempotent() {
+                super::$scenario(integration_tests::Delivery::Idempotent).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transactional() {
+                super::$scenario(integration_tests::Delivery::Transactional).await;
+            }
+        }
+    };
+}
+
+async fn harness(name: &str, delivery: Delivery, partitions: i32) -> Harness {
     Harness::new(
         name,
+        delivery,
         partitions,
         Path::new(env!("CARGO_BIN_EXE_writer-under-test")),
     )
@@ -46,7 +70,7 @@ async fn finish(
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     let figures = Figures::new(
-        &h.name,
+        h,
         &r,
         recovery.map(|d| d.as_secs_f64()),
         started.elapsed().as_secs_f64(),
@@ -54,6 +78,14 @@ async fn finish(
     figures.save().expect("saving figures");
     eprintln!("{figures:?}\n{}", r.comparison);
     r.assert_exact();
+    if h.delivery == Delivery::Transactional {
+        // What only transactions promise: a batch redone after a kill is announced once, the
+        // aborted attempt being invisible to read_committed readers.
+        assert_eq!(
+            r.repeated_announcements, 0,
+            "a dataset announced twice in transactional mode"
+        );
+    }
     r
 }
 
@@ -62,10 +94,11 @@ async fn stop(writer: WriterProcess) {
     assert!(status.success(), "writer exit status {status}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compressed_night_at_nominal_load() {
+in_both_modes!(a_compressed_night_at_nominal_load);
+
+async fn a_compressed_night_at_nominal_load(delivery: Delivery) {
     let started = Instant::now();
-    let mut h = harness("night_nominal", 1).await;
+    let mut h = harness("night_nominal", delivery, 1).await;
     let writer = h.start_writer(&[], &[]).await.unwrap();
     let mut load = h.load(Mode::Night, 12, 189, Duration::from_secs(60));
     // Ten times LSSTCam's pace: a 7-minute stretch of night in 45 s.
@@ -83,10 +116,11 @@ async fn a_compressed_night_at_nominal_load() {
     stop(writer).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writer_killed_five_times_loses_and_doubles_nothing() {
+in_both_modes!(the_writer_killed_five_times_loses_and_doubles_nothing);
+
+async fn the_writer_killed_five_times_loses_and_doubles_nothing(delivery: Delivery) {
     let started = Instant::now();
-    let mut h = harness("writer_sigkill_x5", 2).await;
+    let mut h = harness("writer_sigkill_x5", delivery, 2).await;
     let mut writer = h.start_writer(&SESSION_TIMEOUT_ARGS, &[]).await.unwrap();
     // 90 visits x 189 detectors x 3 datasets = 51,030 datasets, sent as a backlog.
     let load = h.load(Mode::Backlog, 90, 189, Duration::from_secs(240));
@@ -110,10 +144,11 @@ async fn the_writer_killed_five_times_loses_and_doubles_nothing() {
     stop(writer).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_stopped_for_30_seconds_mid_run() {
+in_both_modes!(postgres_stopped_for_30_seconds_mid_run);
+
+async fn postgres_stopped_for_30_seconds_mid_run(delivery: Delivery) {
     let started = Instant::now();
-    let mut h = harness("postgres_stopped_30s", 1).await;
+    let mut h = harness("postgres_stopped_30s", delivery, 1).await;
     let writer = h.start_writer(&[], &[]).await.unwrap();
     let load = h.load(Mode::Burst, 30, 189, Duration::from_secs(180));
     let run = tokio::spawn(record_producer::run(load));
@@ -141,10 +176,20 @@ async fn postgres_stopped_for_30_seconds_mid_run() {
     stop(writer).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_restarted_mid_run() {
+in_both_modes!(the_broker_restarted_mid_run);
+
+async fn the_broker_restarted_mid_run(delivery: Delivery) {
     let started = Instant::now();
-    let mut h = harness("broker_restarted", 2).await;
+    let mut h = harness("broker_restarted", delivery, 2).await;
+    if delivery == Delivery::Transactional && !h.env.broker_kind().is_apache_kafka() {
+        // noida-db 0.2.3 loses acknowledged messages when it restarts under load and the
+        // producers' sequences with them (broker_conformance, deploy/local/README.md).
+        eprintln!(
+            "skipped on {}: a restart loses acknowledged messages (Apache-Kafka-only)",
+            h.env.broker_kind().name()
+        );
+        return;
+    }
     let writer = h.start_writer(&[], &[]).await.unwrap();
     let load = h.load(Mode::Burst, 30, 189, Duration::from_secs(180));
     let run = tokio::spawn(record_producer::run(load));
@@ -158,12 +203,29 @@ async fn the_broker_restarted_mid_run() {
     stop(writer).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_writers_on_three_partitions_one_killed() {
+in_both_modes!(two_writers_on_three_partitions_one_killed);
+
+async fn two_writers_on_three_partitions_one_killed(delivery: Delivery) {
     let started = Instant::now();
-    let mut h = harness("two_writers_one_killed", 3).await;
-    let first = h.start_writer(&SESSION_TIMEOUT_ARGS, &[]).await.unwrap();
-    let second = h.start_writer(&SESSION_TIMEOUT_ARGS, &[]).await.unwrap();
+    let mut h = harness("two_writers_one_killed", delivery, 3).await;
+    if delivery == Delivery::Transactional && !h.env.broker_kind().is_apache_kafka() {
+        // noida-db 0.2.3 never expires a member killed without leaving the group: its
+        // partitions never reach the survivor (deploy/local/README.md). The StatefulSet restarts
+        // the pod, which reclaims them: `killed_static_member`.
+        eprintln!(
+            "skipped on {}: a killed member is never expired from its group (Apache-Kafka-only)",
+            h.env.broker_kind().name()
+        );
+        return;
+    }
+    let first = h
+        .start_pod("writer-0", &SESSION_TIMEOUT_ARGS, &[])
+        .await
+        .unwrap();
+    let second = h
+        .start_pod("writer-1", &SESSION_TIMEOUT_ARGS, &[])
+        .await
+        .unwrap();
     let load = h.load(Mode::Burst, 60, 189, Duration::from_secs(180));
     let run = tokio::spawn(record_producer::run(load));
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -176,10 +238,11 @@ async fn two_writers_on_three_partitions_one_killed() {
     stop(second).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_flood_trips_the_breaker_and_dead_letters_nothing_valid() {
+in_both_modes!(a_poison_flood_trips_the_breaker_and_dead_letters_nothing_valid);
+
+async fn a_poison_flood_trips_the_breaker_and_dead_letters_nothing_valid(delivery: Delivery) {
     let started = Instant::now();
-    let mut h = harness("poison_flood", 1).await;
+    let mut h = harness("poison_flood", delivery, 1).await;
     let writer = h.start_writer(&[], &[]).await.unwrap();
     // Valid traffic first, all of it ingested.
     let before = record_producer::run(h.load(Mode::Burst, 2, 189, Duration::from_secs(60)))
@@ -270,10 +333,11 @@ fn is_broken(message: &rdkafka::message::OwnedMessage) -> bool {
         .is_some_and(|v| schema::PromptProcessingOutputEvent::from_json(v).is_err())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_pods_on_one_image_the_first_copy_wins() {
+in_both_modes!(two_pods_on_one_image_the_first_copy_wins);
+
+async fn two_pods_on_one_image_the_first_copy_wins(delivery: Delivery) {
     let started = Instant::now();
-    let mut h = harness("two_pods_same_image", 1).await;
+    let mut h = harness("two_pods_same_image", delivery, 1).await;
     let writer = h.start_writer(&[], &[]).await.unwrap();
     let mut load = h.load(Mode::Burst, 10, 189, Duration::from_secs(90));
     load.faults = Faults {
@@ -298,3 +362,198 @@ async fn two_pods_on_one_image_the_first_copy_wins() {
     assert_eq!(r.dead_lettered, 3 * twins);
     stop(writer).await;
 }
+
+/// Transactional delivery only: a writer killed inside its transaction (its event, dead letters
+/// and offsets on the broker, not committed) leaves nothing a `read_committed` reader sees; its
+/// replacement (the same pod: the same transactional id) aborts that transaction when it starts,
+/// redoes the batch and announces it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_inside_its_transaction() {
+    let started = Instant::now();
+    let mut h = harness("killed_inside_its_transaction", Delivery::Transactional, 1).await;
+    let load = h.load(Mode::Backlog, 20, 189, Duration::from_secs(120));
+    let run = tokio::spawn(record_producer::run(load));
+    // The writer-under-test kills itself (SIGKILL) inside its third transaction.
+    let mut writer = h
+        .spawn_pod(
+            "writer-0",
+            &SESSION_TIMEOUT_ARGS,
+            &[(integration_tests::KILL_IN_TRANSACTION_ENV, "3")],
+        )
+        .unwrap();
+    let status = writer.exited(Duration::from_secs(120)).await.unwrap();
+    assert!(
+        !status.success(),
+        "the writer was to die in its transaction"
+    );
+    let killed = Instant::now();
+    // The third batch's event is on the broker, in the open transaction, and invisible.
+    let uncommitted = h
+        .env
+        .read_topic(&h.topics.events, usize::MAX, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let committed = h
+        .env
+        .read_topic_committed(&h.topics.events, usize::MAX, Duration::from_secs(3))
+        .await
+        .unwrap();
+    eprintln!(
+        "events: {} on the broker, {} committed",
+        uncommitted.len(),
+        committed.len()
+    );
+    assert_eq!(committed.len(), 2, "the first two transactions' events");
+    assert!(
+        uncommitted.len() > committed.len(),
+        "the killed transaction's event reached the broker"
+    );
+    let writer = h.start_writer(&SESSION_TIMEOUT_ARGS, &[]).await.unwrap();
+    let report = run.await.unwrap().unwrap();
+    let recovery = killed.elapsed();
+    {
+        use rdkafka::Message;
+        let all = h
+            .env
+            .read_topic(&h.topics.events, usize::MAX, Duration::from_secs(3))
+            .await
+            .unwrap();
+        let com = h
+            .env
+            .read_topic_committed(&h.topics.events, usize::MAX, Duration::from_secs(3))
+            .await
+            .unwrap();
+        eprintln!(
+            "DEBUG uncommitted offsets {:?}",
+            all.iter().map(|m| m.offset()).collect::<Vec<_>>()
+        );
+        eprintln!(
+            "DEBUG committed offsets {:?}",
+            com.iter().map(|m| m.offset()).collect::<Vec<_>>()
+        );
+        for start in [0i64, 1, 3, 5, 7, 9, 11] {
+            let b = h.env.kafka_bootstrap().to_owned();
+            let t = h.topics.events.clone();
+            let got = tokio::task::spawn_blocking(move || {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let c: BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &b)
+                    .set("group.id", "dbg")
+                    .set("isolation.level", "read_committed")
+                    .create()
+                    .unwrap();
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                tpl.add_partition_offset(&t, 0, rdkafka::Offset::Offset(start))
+                    .unwrap();
+                c.assign(&tpl).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(3);
+                let mut got = Vec::new();
+                while Instant::now() < deadline {
+                    match c.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => got.push(m.offset()),
+                        Some(Err(e)) => {
+                            eprintln!("DEBUG err {e}");
+                        }
+                        None => {}
+                    }
+                }
+                got
+            })
+            .await
+            .unwrap();
+            eprintln!("DEBUG from {start}: {got:?}");
+        }
+    }
+    assert!(report.outcome.is_complete(), "{}", report.table());
+    finish(&h, &report, Some(recovery), started).await;
+    stop(writer).await;
+}
+
+/// Transactional delivery only: a writer frozen mid-run (a paused pod) comes back after its
+/// replacement (the same pod name: the same transactional id and group instance id) started.
+/// It is fenced: it stops with a one-line reason and writes nothing more; nothing is lost or
+/// announced twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_writer_is_fenced_by_its_replacement() {
+    let started = Instant::now();
+    let mut h = harness("paused_writer_fenced", Delivery::Transactional, 2).await;
+    let mut zombie = h.start_writer(&SESSION_TIMEOUT_ARGS, &[]).await.unwrap();
+    let load = h.load(Mode::Backlog, 40, 189, Duration::from_secs(180));
+    let run = tokio::spawn(record_producer::run(load));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    zombie.pause().unwrap();
+    let replacement = h.start_writer(&SESSION_TIMEOUT_ARGS, &[]).await.unwrap();
+    let replaced = Instant::now();
+    // Let the replacement commit a few batches, then wake the zombie.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    zombie.resume().unwrap();
+    let status = zombie.exited(Duration::from_secs(60)).await.unwrap();
+    let log = std::fs::read_to_string(&zombie.log).unwrap();
+    // The operator's line; librdkafka may log its own complaint about closing a fenced consumer
+    // after it, as the process ends.
+    let reasons: Vec<&str> = log
+        .lines()
+        .filter(|line| line.starts_with("butler-writer: "))
+        .collect();
+    eprintln!("zombie: {status}; {reasons:?}");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        reasons.len() == 1 && reasons[0].to_lowercase().contains("fenced"),
+        "the zombie's one line: {reasons:?}\n{log}"
+    );
+    let report = run.await.unwrap().unwrap();
+    let recovery = replaced.elapsed();
+    assert!(report.outcome.is_complete(), "{}", report.table());
+    let r = finish(&h, &report, Some(recovery), started).await;
+    assert_eq!(r.in_registry, 40 * 189 * 3);
+    stop(replacement).await;
+}
+
+/// Static membership against the default session timeout (45 s): a writer killed mid-backlog
+/// and restarted at once as the same pod takes its partitions back at once; as a dynamic member
+/// it waits for the group to expire its dead self. The recovery times are the table's.
+async fn killed_and_restarted(delivery: Delivery, static_members: bool) {
+    let name = if static_members {
+        "killed_static_member"
+    } else {
+        "killed_dynamic_member"
+    };
+    let started = Instant::now();
+    let mut h = harness(name, delivery, 2).await;
+    if !static_members
+        && !h.env.broker_kind().is_apache_kafka()
+        && delivery == Delivery::Transactional
+    {
+        // noida-db 0.2.3 never expires a member killed without leaving the group, so a new
+        // dynamic member never gets its partitions (deploy/local/README.md).
+        eprintln!(
+            "skipped on {}: a killed member is never expired from its group (Apache-Kafka-only)",
+            h.env.broker_kind().name()
+        );
+        return;
+    }
+    h.static_members = static_members;
+    let writer = h.start_writer(&[], &[]).await.unwrap();
+    let load = h.load(Mode::Backlog, 20, 189, Duration::from_secs(240));
+    let run = tokio::spawn(record_producer::run(load));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    writer.kill9().await.unwrap();
+    let writer = h.start_writer(&[], &[]).await.unwrap();
+    let restarted = Instant::now();
+    let report = run.await.unwrap().unwrap();
+    let recovery = restarted.elapsed();
+    assert!(report.outcome.is_complete(), "{}", report.table());
+    finish(&h, &report, Some(recovery), started).await;
+    stop(writer).await;
+}
+
+async fn killed_static_member(delivery: Delivery) {
+    killed_and_restarted(delivery, true).await;
+}
+
+async fn killed_dynamic_member(delivery: Delivery) {
+    killed_and_restarted(delivery, false).await;
+}
+
+in_both_modes!(killed_static_member);
+in_both_modes!(killed_dynamic_member);
