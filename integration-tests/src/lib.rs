@@ -189,6 +189,19 @@ impl Harness {
         })
     }
 
+    /// Says in one line why the scenario does not run on this broker in this mode (an
+    /// Apache-Kafka-only assertion), and saves that as its row of the table.
+    #[allow(clippy::print_stderr)] // The test's one line.
+    pub fn skip(&self, reason: &str) {
+        eprintln!(
+            "skipped on {}: {reason} (Apache-Kafka-only; deploy/local/README.md)",
+            self.env.broker_kind().name()
+        );
+        if let Err(e) = Figures::skipped(self, reason).save() {
+            eprintln!("could not save the skipped row: {e:#}");
+        }
+    }
+
     /// The producer's message log: every distinct message sent.
     pub fn message_log(&self) -> PathBuf {
         self.work.path().join("messages.jsonl")
@@ -571,6 +584,9 @@ pub struct Figures {
     pub seconds: f64,
     /// The registry equals a clean single run.
     pub registry_equal: bool,
+    /// Why the scenario did not run in this mode (an assertion the broker cannot meet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl Figures {
@@ -593,6 +609,25 @@ impl Figures {
             recovery_seconds,
             seconds,
             registry_equal: r.registries_equal,
+            skipped: None,
+        }
+    }
+
+    /// The row of a scenario that does not run in this mode, and why.
+    pub fn skipped(h: &Harness, reason: &str) -> Self {
+        Self {
+            scenario: h.name.clone(),
+            mode: format!("{}/{}", h.delivery.name(), h.env.broker_kind().name()),
+            sent: 0,
+            ingested: 0,
+            duplicated: 0,
+            reannounced: 0,
+            lost: 0,
+            dead_lettered: 0,
+            recovery_seconds: None,
+            seconds: 0.0,
+            registry_equal: false,
+            skipped: Some(reason.to_owned()),
         }
     }
 
@@ -648,6 +683,13 @@ pub fn figures_table() -> anyhow::Result<String> {
         "equal"
     );
     for r in &rows {
+        if let Some(reason) = &r.skipped {
+            out.push_str(&format!(
+                "{:<34}{:<21}  skipped: {reason}\n",
+                r.scenario, r.mode
+            ));
+            continue;
+        }
         out.push_str(&format!(
             "{:<34}{:<21}{:>8}{:>9}{:>6}{:>11}{:>6}{:>7}{:>10}{:>8.1}{:>7}\n",
             r.scenario,

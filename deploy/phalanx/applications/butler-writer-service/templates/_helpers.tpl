@@ -92,12 +92,18 @@ The writer's environment, shared by the StatefulSet and the replay Job.
   value: {{ .Values.kafka.deadLetterTopic | quote }}
 - name: BUTLER_WRITER_DELIVERY
   value: {{ .Values.kafka.delivery | quote }}
-{{- if gt (int .Values.replicaCount) 1 }}
-# Each writer needs its own transactional id: the pod's stable name makes it one.
 - name: POD_NAME
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- if .Values.kafka.staticMembership }}
+# A static group member named for its pod (KIP-345): a restarted pod takes its partitions back
+# at once instead of after the session timeout. `butler-writer replay` ignores it.
+- name: BUTLER_WRITER_GROUP_INSTANCE_ID
+  value: "$(POD_NAME)"
+{{- end }}
+{{- if gt (int .Values.replicaCount) 1 }}
+# Each writer needs its own transactional id: the pod's stable name makes it one.
 - name: BUTLER_WRITER_TRANSACTIONAL_ID
   value: "{{ .Values.kafka.transactionalId }}-$(POD_NAME)"
 {{- else }}
