@@ -26,28 +26,9 @@ fn transactional_producer(bootstrap: &str, id: &str) -> ThreadedProducer<Default
     producer
 }
 
-/// Every value of partition 0 of `topic` a `read_committed` reader sees within `wait`.
+/// Every value of partition 0 of `topic` a new `read_committed` reader sees within `wait`.
 fn read_committed(bootstrap: &str, topic: &str, wait: Duration) -> Vec<String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("reader"))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + wait;
-    let mut values = Vec::new();
-    while Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-        }
-    }
-    values
+    read_committed_from(bootstrap, topic, Offset::Beginning, wait)
 }
 
 /// A consumer of `group` that has joined it and been given partition 0 of `topic`: what
@@ -132,7 +113,12 @@ async fn replacement_aborts_the_open_transaction(with_offsets: bool) {
 
 /// Every value of partition 0 of `topic` from `offset` that a new `read_committed` reader sees
 /// within `wait`.
-fn read_committed_from(bootstrap: &str, topic: &str, offset: i64, wait: Duration) -> Vec<String> {
+fn read_committed_from(
+    bootstrap: &str,
+    topic: &str,
+    offset: Offset,
+    wait: Duration,
+) -> Vec<String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name("reader"))
@@ -141,9 +127,7 @@ fn read_committed_from(bootstrap: &str, topic: &str, offset: i64, wait: Duration
         .create()
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Offset(offset))
-        .unwrap();
+    assignment.add_partition_offset(topic, 0, offset).unwrap();
     consumer.assign(&assignment).unwrap();
     let deadline = Instant::now() + wait;
     let mut values = Vec::new();
@@ -191,8 +175,8 @@ async fn a_reader_past_an_aborted_transaction_sees_the_producers_later_commits()
             }
         }
         (
-            read_committed_from(&b, &t, 0, Duration::from_secs(5)),
-            read_committed_from(&b, &t, 5, Duration::from_secs(5)),
+            read_committed_from(&b, &t, Offset::Beginning, Duration::from_secs(5)),
+            read_committed_from(&b, &t, Offset::Offset(5), Duration::from_secs(5)),
         )
     })
     .await
