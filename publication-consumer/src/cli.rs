@@ -137,6 +137,13 @@ pub struct ServeArgs {
     #[arg(long, env = "LSST_DB_AUTH")]
     pub db_auth: Option<PathBuf>,
 
+    /// Application metrics events to Sasquatch (off by default): `METRICS_ENABLED`,
+    /// `METRICS_APPLICATION` (default `publicationconsumer`), `METRICS_EVENTS_TOPIC_PREFIX`,
+    /// `SCHEMA_MANAGER_REGISTRY_URL`, `SCHEMA_MANAGER_SUFFIX` and the metrics broker's
+    /// `METRICS_KAFKA_*`.
+    #[command(flatten)]
+    pub metrics: app_metrics::MetricsArgs,
+
     /// First wait, in milliseconds, before retrying after a database, storage or broker failure.
     #[arg(long, env = "PUBLICATION_RETRY_INITIAL_MS", default_value_t = 200)]
     pub retry_initial_ms: u64,
@@ -199,6 +206,7 @@ impl ServeArgs {
                 "PUBLICATION_SHUTDOWN_GRACE_SECONDS",
             )?,
             clock: Clock::system(),
+            metrics: self.metrics.into_settings(crate::sasquatch::APPLICATION)?,
         };
         settings.validate()?;
         Ok(settings)

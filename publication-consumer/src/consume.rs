@@ -36,6 +36,7 @@ use tracing::{error, info, warn};
 use crate::metrics::Metrics;
 use crate::model;
 use crate::registry::{APPLICATION_NAME, RegistryReader};
+use crate::sasquatch::{ConsumerEvents, EventFailed, EventRecorded};
 use crate::settings::Settings;
 use crate::store::{BatchInfo, EventPlace, FailedEvent, Store};
 
@@ -149,6 +150,8 @@ pub struct Processor {
     pub metrics: Arc<Metrics>,
     /// Fires when a shutdown is requested.
     pub shutdown: CancellationToken,
+    /// The events sent to Sasquatch.
+    pub events: Arc<ConsumerEvents>,
 }
 
 /// Payloads longer than this are cut before they are stored with a failed event.
@@ -256,8 +259,15 @@ impl Processor {
             Ok(None) => return Ok(Handled::Interrupted),
             Err(skip) => return self.skip(&place, &skip, Some(&event), payload).await,
         };
-        let read_ms = read_started.elapsed().as_millis();
-        self.record(&event, &batch, &place, read_ms).await
+        let read_seconds = read_started.elapsed().as_secs_f64();
+        self.record(
+            &event,
+            &batch,
+            &place,
+            read_seconds,
+            message.timestamp().to_millis(),
+        )
+        .await
     }
 
     /// Looks a batch's datasets up in the registry and records them with the batch.
@@ -266,7 +276,8 @@ impl Processor {
         event: &BatchIngestedEvent,
         batch: &DatasetBatch,
         place: &EventPlace,
-        read_ms: u128,
+        read_seconds: f64,
+        event_timestamp_ms: Option<i64>,
     ) -> Result<Handled, ConsumeError> {
         let lookup_started = Instant::now();
         let Some(found) = self
@@ -275,7 +286,7 @@ impl Processor {
         else {
             return Ok(Handled::Interrupted);
         };
-        let lookup_ms = lookup_started.elapsed().as_millis();
+        let lookup_seconds = lookup_started.elapsed().as_secs_f64();
         let records = model::records(&batch.datasets, &found, self.settings.embargo);
         if !records.unknown.is_empty() {
             warn!(batch_id = %event.batch_id, unknown = records.unknown.len(), "dataset ids the registry does not know; recorded as unknown");
@@ -312,11 +323,28 @@ impl Processor {
             datasets = batch.datasets.len(),
             recorded = recorded.datasets,
             unknown = records.unknown.len(),
-            read_ms,
-            lookup_ms,
+            read_ms = (read_seconds * 1000.0).round(),
+            lookup_ms = (lookup_seconds * 1000.0).round(),
             store_ms = store_started.elapsed().as_millis(),
             "batch recorded"
         );
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        #[allow(clippy::cast_precision_loss)]
+        let age_seconds = event_timestamp_ms.map_or(0.0, |ms| {
+            (Utc::now().timestamp_millis() - ms).max(0) as f64 / 1000.0
+        });
+        self.events.recorded.publish(&EventRecorded {
+            batch_id: event.batch_id.to_string(),
+            origin: event.origin.clone(),
+            datasets: count(batch.datasets.len()),
+            recorded: i64::try_from(recorded.datasets).unwrap_or(i64::MAX),
+            unknown: count(records.unknown.len()),
+            new_batch: recorded.new_batch,
+            read_seconds,
+            lookup_seconds,
+            store_seconds: store_started.elapsed().as_secs_f64(),
+            age_seconds,
+        });
         Ok(Handled::Done)
     }
 
@@ -431,6 +459,12 @@ impl Processor {
             Some(_) => {
                 let retried = matches!(skip.reason, "batch_file_missing" | "batch_file_unreadable");
                 self.metrics.failed(skip.reason, retried);
+                self.events.failed.publish(&EventFailed {
+                    reason: skip.reason.to_owned(),
+                    batch_id: event.map(|e| e.batch_id.to_string()),
+                    partition: place.partition,
+                    offset: place.offset,
+                });
                 Handled::Done
             }
             None => Handled::Interrupted,

@@ -11,7 +11,8 @@
 //! - [`store`]: the state schema, its migrations, the per-event transaction, the API's queries.
 //! - [`http`]: the API (`/api/v1/...`) and `/openapi.json`, beside the service kit's operations
 //!   endpoints (`/`, `/healthz`, `/readyz`, `/metrics`).
-//! - [`metrics`]: what operators see; [`clock`]: "now", injectable.
+//! - [`metrics`]: what operators see; [`sasquatch`]: the application metrics events sent to
+//!   Sasquatch; [`clock`]: "now", injectable.
 //!
 //! [`Service::start`] opens everything and returns once the consumer is running; `serve` and
 //! tests drive it through [`ServiceHandle`] (its address, health, shutdown and end).
@@ -23,6 +24,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod registry;
+pub mod sasquatch;
 pub mod settings;
 pub mod store;
 
@@ -50,6 +52,7 @@ pub use store::{Counts, Store};
 use self::consume::{ConsumeError, EventsConsumer, Processor};
 use self::metrics::Metrics;
 use self::registry::{RegistryReader, StartError};
+use self::sasquatch::ConsumerEvents;
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -82,6 +85,9 @@ pub enum ServiceError {
     /// A task of the service failed.
     #[error(transparent)]
     Task(#[from] TaskFailed),
+    /// Application metrics events cannot be sent (a configuration librdkafka refuses).
+    #[error(transparent)]
+    AppMetrics(#[from] app_metrics::StartError),
 }
 
 /// A running consumer. Its address, health, shutdown and end are [`ServiceHandle`]'s.
@@ -105,6 +111,10 @@ impl Service {
             Dependency::Broker,
         ]));
         let metrics = Arc::new(Metrics::new());
+        let events =
+            app_metrics::Events::start(settings.metrics.as_ref(), metrics.app_events.clone())?;
+        let events =
+            Arc::new(ConsumerEvents::new(events).map_err(|e| ServiceError::AppMetrics(e.into()))?);
 
         let config = ButlerConfig::load(&settings.butler_repository).await?;
         let batch_directory = ResourcePath::parse(&settings.batch_directory)
@@ -159,6 +169,7 @@ impl Service {
             health: Arc::clone(&health),
             metrics: Arc::clone(&metrics),
             shutdown: shutdown.clone(),
+            events: Arc::clone(&events),
         };
         let task = tokio::spawn(supervise(Supervised {
             processor,
@@ -168,6 +179,7 @@ impl Service {
             grace: settings.shutdown_grace,
             http,
             http_stop,
+            events,
         }));
         info!(%http_address, topic = %settings.topic, group = %settings.group_id, "publication-consumer started");
         Ok(Self {
@@ -209,6 +221,7 @@ struct Supervised {
     grace: Duration,
     http: HttpServer,
     http_stop: CancellationToken,
+    events: Arc<ConsumerEvents>,
 }
 
 /// Runs the consume loop until it ends or a shutdown, which gives it `grace` to finish the event
@@ -229,6 +242,7 @@ async fn supervise(s: Supervised) -> Result<(), ServiceError> {
         drop(consumer);
     })
     .await;
+    s.events.events.close(Duration::from_secs(5)).await;
     s.http_stop.cancel();
     s.http.finished().await;
     match &result {

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub event_age_seconds: Histogram,
     /// Datasets per batch file.
     pub batch_datasets: Histogram,
+    /// Application metrics events sent to Sasquatch, and dropped.
+    pub app_events: app_metrics::PublishCounters,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,7 @@ impl Metrics {
             event_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             event_age_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             batch_datasets: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            app_events: app_metrics::PublishCounters::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -105,6 +108,7 @@ impl Metrics {
             "Datasets per batch file",
             metrics.batch_datasets.clone(),
         );
+        metrics.app_events.register(&mut registry);
         Self {
             registry,
             ..metrics

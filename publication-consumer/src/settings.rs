@@ -60,6 +60,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// "Now", for the embargo; tests move it.
     pub clock: Clock,
+    /// Where application metrics events go (Sasquatch); `None`: off.
+    pub metrics: Option<app_metrics::MetricsSettings>,
 }
 
 impl Settings {
@@ -85,12 +87,16 @@ impl Settings {
             http_address: SocketAddr::from(([0, 0, 0, 0], 8080)),
             shutdown_grace: Duration::from_secs(10),
             clock: Clock::system(),
+            metrics: None,
         }
     }
 
     /// Checks what can be checked without the network; the message names what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
+        if let Some(metrics) = &self.metrics {
+            metrics.validate()?;
+        }
         if self.topic.is_empty() {
             return Err(ConfigError::new("KAFKA_TOPIC is empty"));
         }

@@ -23,6 +23,7 @@
 //! - [`proxy`]: a TCP proxy a test can cut, to take a service away from one client.
 //! - [`s3`]: a moto S3 server of the test's own, with a bucket and enforced credentials.
 //! - [`sasl`]: a nisshi broker of the test's own that requires SCRAM-SHA-512.
+//! - [`schema_registry`]: a schema registry for application metrics events.
 //! - [`fixtures`]: the message files and HTM vectors `deploy/local/stack up` generates.
 //! - [`messages`]: realistic pp-output messages for as many new visits as a test needs.
 //! - [`pipeline`]: a writer's surroundings ([`pipeline::Fixture`]) and what it left, read back.
@@ -40,6 +41,7 @@ pub mod proxy;
 pub mod registry;
 pub mod s3;
 pub mod sasl;
+pub mod schema_registry;
 pub mod services;
 pub mod writer;
 

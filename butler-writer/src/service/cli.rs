@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use app_metrics::MetricsArgs;
 use butler_repository::PoolSettings;
 use clap::Args;
 use schema::topics::DEAD_LETTER_TOPIC;
@@ -19,6 +20,7 @@ use service_kit::{ConfigError, KafkaSettings, KafkaVariables, RetrySettings};
 
 use super::Service;
 use super::faults::{FaultInjector, NoFaults};
+use super::sasquatch::APPLICATION;
 use super::settings::{
     BatchSettings, BreakerSettings, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_MESSAGES,
     DEFAULT_BATCH_MAX_WAIT_MS, DEFAULT_DB_CONCURRENCY, DEFAULT_GROUP_ID, DEFAULT_TRANSACTIONAL_ID,
@@ -170,6 +172,13 @@ pub struct ServeArgs {
     /// `~/.lsst/db-auth.yaml`).
     #[arg(long, env = "LSST_DB_AUTH")]
     pub db_auth: Option<PathBuf>,
+
+    /// Application metrics events to Sasquatch (off by default): `METRICS_ENABLED`,
+    /// `METRICS_APPLICATION` (default `butlerwriter`), `METRICS_EVENTS_TOPIC_PREFIX`,
+    /// `SCHEMA_MANAGER_REGISTRY_URL`, `SCHEMA_MANAGER_SUFFIX` and the metrics broker's
+    /// `METRICS_KAFKA_*`.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 impl ServeArgs {
@@ -223,6 +232,7 @@ impl ServeArgs {
                 )?,
             },
             stall_timeout: seconds(self.stall_seconds, "BUTLER_WRITER_STALL_SECONDS")?,
+            metrics: self.metrics.into_settings(APPLICATION)?,
         };
         settings.validate()?;
         Ok(settings)

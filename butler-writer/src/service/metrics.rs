@@ -1,5 +1,6 @@
 //! Prometheus metrics, all named `butler_writer_*`, served at `/metrics`.
 
+use app_metrics::PublishCounters;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -36,6 +37,8 @@ pub struct Metrics {
     pub batch_messages: Histogram,
     /// 1 while the circuit breaker holds consumption.
     pub breaker_open: Gauge,
+    /// Application metrics events sent to Sasquatch, and dropped.
+    pub app_events: PublishCounters,
 }
 
 impl Default for Metrics {
@@ -61,6 +64,7 @@ impl Metrics {
             produce_to_commit_seconds: seconds(),
             batch_messages: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             breaker_open: Gauge::default(),
+            app_events: PublishCounters::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -116,6 +120,7 @@ impl Metrics {
             "1 while the circuit breaker holds consumption",
             metrics.breaker_open.clone(),
         );
+        metrics.app_events.register(&mut registry);
         Self {
             registry,
             ..metrics

@@ -9,6 +9,7 @@
 //! - [`breaker`]: the circuit breaker that holds consumption when nearly everything is rejected.
 //! - [`delivery`]: events, dead-letter records and offsets to Kafka, transactional or not.
 //! - [`metrics`]: the writer's metrics; health and the HTTP endpoints are the service kit's.
+//! - [`sasquatch`]: the application metrics events sent to Sasquatch (one per batch, one per breaker trip).
 //! - [`faults`]: the seam tests break the writer through.
 //!
 //! [`Service::start`] opens everything and returns once the writer is running; `serve` and tests
@@ -22,11 +23,13 @@ pub mod delivery;
 pub mod faults;
 pub mod metrics;
 pub mod pipeline;
+pub mod sasquatch;
 pub mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use app_metrics::Events;
 use butler_repository::{ButlerConfig, ErrorClass, PoolSettings, RepositoryError};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::Consumer;
@@ -52,6 +55,7 @@ use self::delivery::{Delivery, DeliveryError};
 use self::faults::{FaultInjector, InjectedFault, NoFaults};
 use self::metrics::Metrics;
 use self::pipeline::{BREAKER_HOLD, Pipeline};
+use self::sasquatch::WriterEvents;
 use crate::error::EngineError;
 use crate::registry::{Registry, StartupError};
 
@@ -122,6 +126,9 @@ pub enum ServiceError {
     /// A test's fault injector stopped the writer.
     #[error(transparent)]
     Injected(#[from] InjectedFault),
+    /// Application metrics events cannot be sent (a configuration librdkafka refuses).
+    #[error(transparent)]
+    AppMetrics(#[from] app_metrics::StartError),
 }
 
 /// A running writer. Its address, health, shutdown and end are [`ServiceHandle`]'s.
@@ -150,6 +157,9 @@ impl Service {
         );
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
+        let events = Events::start(settings.metrics.as_ref(), metrics.app_events.clone())?;
+        let events =
+            Arc::new(WriterEvents::new(events).map_err(|e| ServiceError::AppMetrics(e.into()))?);
 
         let registry = Arc::new(open_registry(&settings, &health).await?);
         let output_directory = ResourcePath::parse(&settings.output_directory)
@@ -211,6 +221,7 @@ impl Service {
             metrics: Arc::clone(&metrics),
             shutdown: shutdown.clone(),
             faults,
+            events: Arc::clone(&events),
         });
         let task = tokio::spawn(supervise(Supervised {
             pipeline,
@@ -224,6 +235,7 @@ impl Service {
             health: Arc::clone(&health),
             http,
             http_stop,
+            events,
         }));
         info!(%http_address, "butler-writer started");
         Ok(Self {
@@ -275,6 +287,7 @@ struct Supervised {
     health: Arc<Health>,
     http: HttpServer,
     http_stop: CancellationToken,
+    events: Arc<WriterEvents>,
 }
 
 /// Runs the pipeline to its end (a fatal Kafka error, or a shutdown with `shutdown_grace` to
@@ -298,6 +311,7 @@ async fn supervise(s: Supervised) -> Result<(), ServiceError> {
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     let producer = s.delivery.producer().clone();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
+    s.events.events.close(Duration::from_secs(5)).await;
     s.http_stop.cancel();
     s.http.finished().await;
     match &result {

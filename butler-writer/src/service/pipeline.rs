@@ -30,6 +30,8 @@ use super::consume::WriterConsumer;
 use super::delivery::{Delivery, DeliveryFailure, OutRecord, dead_letter_record, offsets_after};
 use super::faults::FaultInjector;
 use super::metrics::Metrics;
+use super::sasquatch::{BatchCommitted, BreakerTrip, WriterEvents};
+use super::settings::DeliveryMode;
 use super::settings::Settings;
 use crate::error::EngineError;
 use crate::outcome::BatchOutcome;
@@ -45,6 +47,9 @@ pub struct Ingested {
     outcome: BatchOutcome,
     batch_id: Uuid,
     file_name: String,
+    /// Seconds in the engine and writing the file (with retries), for the batch's metrics event.
+    engine_seconds: f64,
+    file_seconds: f64,
 }
 
 /// A finished ingest task: the batch, or `None` when it was abandoned.
@@ -63,6 +68,8 @@ pub struct Pipeline {
     /// Fires when a shutdown is requested: the breaker stops waiting.
     pub(super) shutdown: CancellationToken,
     pub(super) faults: Arc<dyn FaultInjector>,
+    /// The events sent to Sasquatch.
+    pub(super) events: Arc<WriterEvents>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -131,21 +138,27 @@ impl Pipeline {
 
     /// Stage 1 for one batch: `None` when the batch was abandoned (its partitions were revoked).
     async fn ingest(&self, batch: Batch) -> Result<Option<Ingested>, ServiceError> {
+        let started = Instant::now();
         let Some(outcome) = self.run_engine(&batch).await? else {
             return Ok(None);
         };
+        let engine_seconds = started.elapsed().as_secs_f64();
         let batch_id = Uuid::new_v4();
         let file_name = format!(
             "{}-{batch_id}.json",
             chrono::Utc::now().format("%Y-%m-%dT%H-%M-%S-%6f")
         );
-        let ingested = Ingested {
+        let mut ingested = Ingested {
             batch,
             outcome,
             batch_id,
             file_name,
+            engine_seconds,
+            file_seconds: 0.0,
         };
+        let started = Instant::now();
         if self.write_batch_file(&ingested).await? {
+            ingested.file_seconds = started.elapsed().as_secs_f64();
             Ok(Some(ingested))
         } else {
             Ok(None)
@@ -243,6 +256,7 @@ impl Pipeline {
             self.metrics.batch("abandoned");
             return Ok(false);
         }
+        let announce_started = Instant::now();
         let records = self.records(&ingested);
         let offsets = offsets_after(&self.settings.input_topic, &ingested.batch.messages);
         let mut delivered = vec![false; records.len()];
@@ -283,8 +297,10 @@ impl Pipeline {
             }
         }
         self.health.set(Dependency::Broker, true, None);
+        let now = now_ms();
         self.metrics
-            .announced(&ingested.batch, &ingested.outcome, now_ms());
+            .announced(&ingested.batch, &ingested.outcome, now);
+        self.publish_batch_event(&ingested, announce_started, now);
         for rejection in &ingested.outcome.rejected {
             if let Some(message) = ingested.batch.messages.get(rejection.index) {
                 warn!(
@@ -352,6 +368,36 @@ impl Pipeline {
         }
     }
 
+    /// The batch's event for Sasquatch (queued; never waits).
+    fn publish_batch_event(&self, ingested: &Ingested, announce_started: Instant, now_ms: i64) {
+        let oldest = ingested
+            .batch
+            .messages
+            .iter()
+            .filter_map(|m| m.timestamp_ms)
+            .min();
+        #[allow(clippy::cast_precision_loss)]
+        let lag_seconds = oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+        let event = BatchCommitted {
+            engine_seconds: ingested.engine_seconds,
+            file_seconds: ingested.file_seconds,
+            announce_seconds: announce_started.elapsed().as_secs_f64(),
+            batch_seconds: ingested.batch.closed_at.elapsed().as_secs_f64(),
+            lag_seconds,
+            delivery: match self.settings.delivery {
+                DeliveryMode::Transactional => "transactional",
+                DeliveryMode::Idempotent => "idempotent",
+            }
+            .to_owned(),
+            ..BatchCommitted::counts(
+                ingested.batch_id,
+                ingested.batch.messages.len(),
+                &ingested.outcome,
+            )
+        };
+        self.events.batch.publish(&event);
+    }
+
     /// Says loudly why consumption stopped.
     fn breaker_opened(&self, ingested: &Ingested) {
         self.metrics.breaker_open.set(1);
@@ -369,6 +415,12 @@ impl Pipeline {
             example = %example,
             "circuit breaker open: nearly every recent message is rejected, which points at the writer's set-up (universe, dataset types, registry); consumption stops and nothing is dead-lettered until the held batch goes through"
         );
+        self.events.breaker_trip.publish(&BreakerTrip {
+            messages: i64::try_from(ingested.batch.messages.len()).unwrap_or(i64::MAX),
+            rejected: i64::try_from(ingested.outcome.rejected.len()).unwrap_or(i64::MAX),
+            example: example.clone(),
+            cooldown_seconds: self.settings.breaker.cooldown.as_secs_f64(),
+        });
         self.health.set_hold(
             BREAKER_HOLD,
             true,

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use app_metrics::MetricsSettings;
 use butler_repository::PoolSettings;
 use service_kit::{ConfigError, KafkaSettings, RetrySettings};
 
@@ -75,6 +76,8 @@ pub struct Settings {
     pub breaker: BreakerSettings,
     /// `/healthz` fails when the consume loop has not turned for this long.
     pub stall_timeout: Duration,
+    /// Where application metrics events go (Sasquatch); `None`: off.
+    pub metrics: Option<MetricsSettings>,
 }
 
 impl Settings {
@@ -114,6 +117,7 @@ impl Settings {
                 cooldown: Duration::from_secs(30),
             },
             stall_timeout: Duration::from_secs(60),
+            metrics: None,
         }
     }
 
@@ -173,6 +177,9 @@ impl Settings {
             return Err(ConfigError::new(
                 "BUTLER_WRITER_RETRY_INITIAL_MS must be above 0 and at most BUTLER_WRITER_RETRY_MAX_MS",
             ));
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.validate()?;
         }
         resources::ResourcePath::parse(&self.output_directory).map_err(|e| {
             ConfigError::caused_by(
