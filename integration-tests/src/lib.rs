@@ -234,6 +234,7 @@ impl Harness {
             create_topics: None,
             progress: false,
             publication_url: None,
+            metrics: None,
             plot: None,
             message_log: Some(self.message_log()),
         }

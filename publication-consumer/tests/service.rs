@@ -11,14 +11,18 @@ use service_kit::ServiceHandle;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use app_metrics::MetricsSettings;
 use chrono::TimeDelta;
 use common::{
     EMBARGO_HOURS, announce, counts, fixture, get_json, http_get, ingest, observation_end, produce,
     rows, settings, start, stop, wait_for_counts, write_batch_file,
 };
 use publication_consumer::Clock;
+use publication_consumer::sasquatch::APPLICATION;
 use schema::DatasetBatch;
 use sqlx::{Connection, PgConnection};
+use test_support::schema_registry::{TestSchemaRegistry, decode_with_fastavro};
+use test_support::unique_name;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -308,7 +312,18 @@ async fn malformed_events_and_unknown_types_are_recorded_and_skipped() {
     )
     .await;
     announce(&f, &batches).await;
-    let consumer = start(settings(&f)).await;
+    // Application metrics events on: one per event recorded, one per event skipped.
+    let schema_registry = TestSchemaRegistry::start().await.unwrap();
+    let metrics = MetricsSettings::plaintext(
+        APPLICATION,
+        unique_name("metrics"),
+        &schema_registry.url,
+        f.env.kafka_bootstrap(),
+    );
+    f.env.create_topic(&metrics.topic(), 1).await.unwrap();
+    let mut consumer_settings = settings(&f);
+    consumer_settings.metrics = Some(metrics.clone());
+    let consumer = start(consumer_settings).await;
     let address = consumer.http_address();
     let done = wait_for_counts(address, WAIT, |c| c.datasets == 9).await;
     assert_eq!((done.events, done.failed_events), (1, 4));
@@ -340,6 +355,52 @@ async fn malformed_events_and_unknown_types_are_recorded_and_skipped() {
     );
     assert!(consumer.health().readiness().ready);
     stop(consumer).await;
+
+    let messages = f
+        .env
+        .read_topic(&metrics.topic(), 5, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let values: Vec<Vec<u8>> = messages
+        .iter()
+        .map(|m| rdkafka::Message::payload(m).unwrap().to_vec())
+        .collect();
+    let decoded = decode_with_fastavro(&schema_registry.url, &values).unwrap();
+    let mut names: Vec<&str> = decoded
+        .iter()
+        .map(|e| e["name"].as_str().unwrap_or("undecodable"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "event_failed",
+            "event_failed",
+            "event_failed",
+            "event_failed",
+            "event_recorded"
+        ],
+        "{decoded:?}"
+    );
+    let recorded = decoded
+        .iter()
+        .find(|e| e["name"] == "event_recorded")
+        .unwrap();
+    assert_eq!(recorded["event"]["application"], APPLICATION);
+    assert_eq!(recorded["event"]["datasets"], 9);
+    assert_eq!(recorded["event"]["recorded"], 9);
+    assert_eq!(recorded["event"]["new_batch"], true);
+    assert_eq!(
+        recorded["event"]["batch_id"],
+        batches[0].batch_id.to_string()
+    );
+    let mut failed_reasons: Vec<&str> = decoded
+        .iter()
+        .filter(|e| e["name"] == "event_failed")
+        .map(|e| e["event"]["reason"].as_str().unwrap())
+        .collect();
+    failed_reasons.sort_unstable();
+    assert_eq!(failed_reasons, reasons);
 }
 
 #[tokio::test]
@@ -570,7 +631,7 @@ async fn scram_credentials_are_used_and_a_wrong_password_stops_the_consumer() {
     let broker = test_support::sasl::SaslBroker::start("pps", "s3cret")
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let topic = test_support::unique_name("events");
+    let topic = unique_name("events");
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         broker.client_config("pps", "s3cret").create().unwrap();
     for result in admin

@@ -13,7 +13,7 @@ use schema::topics::{DEAD_LETTER_TOPIC, EVENTS_TOPIC, INPUT_TOPIC};
 use service_kit::cli::{KafkaArgNames, seconds};
 use service_kit::{ConfigError, KafkaSettings, KafkaVariables};
 
-use crate::load::{Faults, LoadSettings, Mode};
+use crate::load::{Faults, LoadSettings, MetricsCheck, Mode};
 use crate::messages::DatasetTypeSpec;
 use crate::schedule::{NightPlan, Processing, current_day_obs, parse_day_obs};
 
@@ -73,6 +73,12 @@ pub struct TopicArgs {
     /// The writer's dead-letter topic.
     #[arg(long, env = "RECORD_PRODUCER_DEAD_LETTER_TOPIC", default_value = DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: String,
+
+    /// The writer's application metrics events topic (`<prefix>.butlerwriter`), when it sends
+    /// them to this broker: `create-topics` creates it, and a load test counts its events
+    /// against the batches it saw (with `--schema-registry-url`).
+    #[arg(long, env = "RECORD_PRODUCER_METRICS_TOPIC")]
+    pub metrics_topic: Option<String>,
 }
 
 /// Arguments of `record-producer create-topics`.
@@ -90,20 +96,19 @@ pub struct CreateTopicsArgs {
 }
 
 impl CreateTopicsArgs {
-    /// Validated settings: the broker, the three topics, the input topic's partitions.
-    pub fn into_settings(self) -> Result<(KafkaSettings, [String; 3], i32), ConfigError> {
+    /// Validated settings: the broker and the topics with their partitions (the input topic
+    /// `--partitions`, the others one, as deployed).
+    pub fn into_settings(self) -> Result<(KafkaSettings, Vec<(String, i32)>), ConfigError> {
         if self.partitions < 1 {
             return Err(ConfigError::new("--partitions must be at least 1"));
         }
-        Ok((
-            self.kafka.into_settings()?,
-            [
-                self.topics.topic,
-                self.topics.events_topic,
-                self.topics.dead_letter_topic,
-            ],
-            self.partitions,
-        ))
+        let mut topics = vec![
+            (self.topics.topic, self.partitions),
+            (self.topics.events_topic, 1),
+            (self.topics.dead_letter_topic, 1),
+        ];
+        topics.extend(self.topics.metrics_topic.map(|t| (t, 1)));
+        Ok((self.kafka.into_settings()?, topics))
     }
 }
 
@@ -202,6 +207,11 @@ pub struct LoadArgs {
     #[arg(long, env = "RECORD_PRODUCER_PUBLICATION_URL")]
     pub publication_url: Option<String>,
 
+    /// The schema registry the writer's metrics events are registered in, to decode the events
+    /// of `--metrics-topic`.
+    #[arg(long, env = "RECORD_PRODUCER_SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+
     /// Write the plot of latency and throughput over time here (SVG).
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -275,6 +285,18 @@ impl LoadArgs {
             create_topics: self.create_topics,
             progress: !self.no_progress,
             publication_url: self.publication_url,
+            metrics: match (self.topics.metrics_topic, self.schema_registry_url) {
+                (Some(topic), Some(registry_url)) => Some(MetricsCheck {
+                    topic,
+                    registry_url,
+                }),
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(ConfigError::new(
+                        "--metrics-topic needs --schema-registry-url to decode the events",
+                    ));
+                }
+            },
             plot: self.plot,
             message_log: self.message_log,
         })

@@ -25,5 +25,5 @@ pub mod report;
 pub mod schedule;
 pub mod tracker;
 
-pub use load::{Faults, LoadSettings, Mode, create_topics, run};
+pub use load::{Faults, LoadSettings, MetricsCheck, Mode, create_topics, run};
 pub use report::Report;

@@ -60,18 +60,14 @@ async fn main() -> ExitCode {
 }
 
 async fn create_topics(args: record_producer::cli::CreateTopicsArgs) -> ExitCode {
-    let (kafka, [input, events, dead_letters], partitions) = match args.into_settings() {
+    let (kafka, topics) = match args.into_settings() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("record-producer: {}", chain(&e));
             return ExitCode::from(2);
         }
     };
-    let topics = [
-        (input.as_str(), partitions),
-        (events.as_str(), 1),
-        (dead_letters.as_str(), 1),
-    ];
+    let topics: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
     match record_producer::create_topics(&kafka, &topics).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -62,6 +62,27 @@ pub struct PublicationCounts {
     pub events: u64,
 }
 
+/// The writer's application metrics events, counted against the batches announced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MetricsEvents {
+    /// Their topic.
+    pub topic: String,
+    /// `batch-ingested` events the run read: one `batch` metrics event is expected for each.
+    pub batches: u64,
+    /// `batch` events on the topic, decoded.
+    pub batch_events: u64,
+    /// Other events (breaker trips).
+    pub other_events: u64,
+    /// Values that are not events of a registered schema.
+    pub undecodable: u64,
+    /// Datasets the `batch` events account for (ingested and already present).
+    pub datasets: u64,
+    /// Messages the `batch` events account for.
+    pub messages: u64,
+    /// Why the topic could not be read, if it could not.
+    pub error: Option<String>,
+}
+
 /// Everything a load test found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -95,6 +116,8 @@ pub struct Report {
     pub unaccounted: Vec<Unaccounted>,
     /// The publication consumer's counts, if it was checked.
     pub publication: Option<PublicationCounts>,
+    /// The writer's metrics events, if they were checked.
+    pub metrics: Option<MetricsEvents>,
     /// Where the plot was written.
     pub plot: Option<String>,
 }
@@ -141,6 +164,7 @@ impl Report {
             outcome,
             unaccounted: Vec::new(),
             publication: None,
+            metrics: None,
             plot: None,
         }
     }
@@ -268,6 +292,28 @@ impl Report {
                 s,
                 "publication  consumer recorded {} datasets ({} embargoed, {} unknown) from {} events",
                 p.datasets, p.embargoed, p.unknown, p.events
+            );
+        }
+        if let Some(m) = &self.metrics {
+            let verdict = if m.batch_events == m.batches && m.undecodable == 0 {
+                "one per batch"
+            } else {
+                "MISMATCH"
+            };
+            let _ = writeln!(
+                s,
+                "metrics      {} batch events for {} batches ({verdict}; {} datasets, {} messages), {} other, {} undecodable on {}{}",
+                m.batch_events,
+                m.batches,
+                m.datasets,
+                m.messages,
+                m.other_events,
+                m.undecodable,
+                m.topic,
+                m.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
             );
         }
         if let Some(plot) = &self.plot {

@@ -6,13 +6,15 @@
 use service_kit::ServiceHandle;
 use std::time::Duration;
 
+use app_metrics::MetricsSettings;
 use record_producer::messages::DatasetTypeSpec;
 use record_producer::schedule::{NightPlan, Processing};
-use record_producer::{Faults, LoadSettings, Mode};
+use record_producer::{Faults, LoadSettings, MetricsCheck, Mode};
 use service_kit::KafkaSettings;
 use test_support::pipeline::registry_datasets;
+use test_support::schema_registry::TestSchemaRegistry;
 use test_support::writer::{env_settings, start};
-use test_support::{Fixture, fixture};
+use test_support::{Fixture, fixture, unique_name};
 
 fn load_settings(f: &Fixture, mode: Mode, visits: u32, detectors: u32) -> LoadSettings {
     let mut plan = NightPlan::new(20260501, visits);
@@ -39,6 +41,7 @@ fn load_settings(f: &Fixture, mode: Mode, visits: u32, detectors: u32) -> LoadSe
         create_topics: None,
         progress: false,
         publication_url: None,
+        metrics: None,
         plot: None,
         message_log: None,
     }
@@ -47,12 +50,31 @@ fn load_settings(f: &Fixture, mode: Mode, visits: u32, detectors: u32) -> LoadSe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compressed_night_is_ingested_and_accounted_for() {
     let f = fixture(2).await;
-    let writer = start(env_settings(&f.env, &f.registry, &f.topics, f.dir.path())).await;
+    // The writer sends its application metrics events to the test broker, as to Sasquatch; the
+    // report counts them against the batches.
+    let schema_registry = TestSchemaRegistry::start().await.expect("schema registry");
+    let metrics = MetricsSettings::plaintext(
+        "butlerwriter",
+        unique_name("metrics"),
+        &schema_registry.url,
+        f.env.kafka_bootstrap(),
+    );
+    f.env
+        .create_topic(&metrics.topic(), 1)
+        .await
+        .expect("metrics topic");
+    let mut writer_settings = env_settings(&f.env, &f.registry, &f.topics, f.dir.path());
+    writer_settings.metrics = Some(metrics.clone());
+    let writer = start(writer_settings).await;
     let datastore = tempfile::tempdir().expect("datastore");
     let plot = f.dir.path().join("night.svg");
     let mut settings = load_settings(&f, Mode::Night, 3, 30);
     settings.datastore_root = Some(format!("{}/", datastore.path().display()));
     settings.plot = Some(plot.clone());
+    settings.metrics = Some(MetricsCheck {
+        topic: metrics.topic(),
+        registry_url: schema_registry.url.clone(),
+    });
     let report = record_producer::run(settings).await.expect("load test");
     let o = &report.outcome;
     assert!(o.is_complete(), "{}", report.table());
@@ -70,6 +92,18 @@ async fn a_compressed_night_is_ingested_and_accounted_for() {
     assert_eq!(files, 270);
     let svg = std::fs::read_to_string(&plot).expect("plot");
     assert!(svg.contains("latency"));
+    // One decodable metrics event per batch, adding up to what the report counted.
+    let m = report.metrics.as_ref().expect("metrics counted");
+    assert_eq!(m.error, None);
+    assert_eq!(m.batch_events, o.events, "{}", report.table());
+    assert_eq!((m.undecodable, m.other_events), (0, 0));
+    assert_eq!(m.datasets, 270);
+    assert_eq!(m.messages, 90);
+    assert!(
+        report.table().contains("(one per batch;"),
+        "{}",
+        report.table()
+    );
     writer.shutdown();
     writer.wait().await.expect("writer stops cleanly");
 }
@@ -149,7 +183,7 @@ async fn a_missing_writer_is_reported_not_hidden() {
 async fn a_topic_that_does_not_exist_is_a_clear_error() {
     let f = fixture(1).await;
     let mut settings = load_settings(&f, Mode::Burst, 1, 1);
-    settings.events_topic = test_support::unique_name("missing");
+    settings.events_topic = unique_name("missing");
     let error = record_producer::run(settings)
         .await
         .expect_err("no events topic");

@@ -77,6 +77,47 @@ impl Drop for TestSchemaRegistry {
     }
 }
 
+/// Each framed value decoded by `deploy/local/decode_metrics.py`: Python's fastavro with the
+/// schemas in the registry, an Avro implementation independent of ours. One JSON object per
+/// value: `{"schema_id", "name", "namespace", "event": {...}}`, or `{"error": ...}`.
+pub fn decode_with_fastavro(
+    registry_url: &str,
+    values: &[Vec<u8>],
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use base64::Engine;
+    use std::io::Write;
+    let script = workspace_root().join("deploy/local/decode_metrics.py");
+    let mut child = std::process::Command::new(crate::registry::python()?)
+        .arg(&script)
+        .args(["--registry", registry_url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", script.display()))?;
+    {
+        let mut stdin = child.stdin.take().context("the decoder's stdin")?;
+        for value in values {
+            writeln!(
+                stdin,
+                "{}",
+                base64::engine::general_purpose::STANDARD.encode(value)
+            )?;
+        }
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "decode_metrics.py failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout)?
+        .lines()
+        .map(|line| serde_json::from_str(line).context("decode_metrics.py printed no JSON"))
+        .collect()
+}
+
 /// A loopback URL where nothing listens: a registry or broker that is down.
 pub fn nothing_listens() -> anyhow::Result<String> {
     Ok(format!("127.0.0.1:{}", free_port()?))

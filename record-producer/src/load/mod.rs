@@ -16,6 +16,7 @@
 //! - [`progress`]: the progress bar.
 
 mod events;
+mod metrics;
 mod progress;
 mod publication;
 mod send;
@@ -33,6 +34,7 @@ use service_kit::{CancellationToken, ConfigError, KafkaSettings};
 use tracing::{info, warn};
 
 pub use self::events::EventError;
+pub use self::metrics::MetricsCheck;
 pub use self::topics::create_topics;
 
 use self::events::EventReader;
@@ -179,6 +181,8 @@ pub struct LoadSettings {
     pub progress: bool,
     /// The publication consumer's base URL, to read its counts at the end.
     pub publication_url: Option<String>,
+    /// The writer's application metrics events, to count against the batches at the end.
+    pub metrics: Option<MetricsCheck>,
     /// Where to write the SVG plot.
     pub plot: Option<PathBuf>,
     /// Append every distinct worker message sent (originals and twins; not the redelivered
@@ -223,6 +227,9 @@ pub async fn run(settings: LoadSettings) -> Result<Report, LoadError> {
     if let Some(url) = &settings.publication_url {
         report.publication =
             publication::publication_counts(url, report.outcome.datasets_ingested).await;
+    }
+    if let Some(check) = &settings.metrics {
+        report.metrics = Some(metrics::count(&settings.kafka, check, report.outcome.events).await);
     }
     Ok(report)
 }
