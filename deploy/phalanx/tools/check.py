@@ -9,14 +9,16 @@
    injects.
 2. Every rendered resource validates: Kubernetes kinds against the Kubernetes OpenAPI schemas
    shipped by ``kubernetes-validate`` (strict: unknown fields fail), Strimzi, VaultSecret,
-   Prometheus operator and cert-manager kinds against ``crd_schemas.py``. A kind with no schema
-   fails.
+   Prometheus operator, cert-manager and Strimzi access operator kinds against ``crd_schemas.py``.
+   A kind with no schema fails.
 3. Environment variables, both ways: a variable a chart sets on a service's container that the
    service does not read fails; so does a variable the service requires that a chart leaves unset.
    What a service reads comes from its sources (clap ``env = "..."`` attributes of the structs its
    container's subcommand parses, and the library code that reads the environment). Where the
    binaries are built, their ``serve --help`` must list exactly the variables the scan found.
-   The writer's batches must fit in half its memory limit.
+   Every Secret a workload reads is one the render makes (a VaultSecret, a KafkaAccess, with the
+   keys the access operator writes, a KafkaUser), and every file a service's variable names is in
+   a mounted volume. The writer's batches must fit in half its memory limit.
 4. Each chart's README.md is what helm-docs writes with Phalanx's template (``helm_docs.py``):
    a stale README fails.
 5. Alerts and dashboards: their PromQL parses and reads metrics that exist (``monitoring.py``).
@@ -26,7 +28,8 @@
 7. A self-test: each kind of mistake must be caught.
 8. Where the Phalanx snapshot is: the switch-over rendered against the deployed charts, our files
    laid in and Phalanx's own tests run, the README generator proven on all of Phalanx's READMEs,
-   Phalanx's JSON schemas (``phalanx_snapshot.py``); elsewhere one ``skip`` line.
+   Phalanx's JSON schemas, the metrics events' KafkaAccess and docs snippets against Sasquatch's
+   app-metrics subchart (``phalanx_snapshot.py``); elsewhere one ``skip`` line.
 
 Prints a line per check and exits 0 when all pass, 1 otherwise.
 """
@@ -81,6 +84,8 @@ SERVICES: dict[str, dict[str, Any]] = {
         "structs": [
             ("butler-writer/src/cli.rs", "Cli"),
             ("butler-writer/src/service/cli.rs", "ServeArgs"),
+            # Flattened into `serve`: the metrics events' METRICS_*, SCHEMA_MANAGER_*.
+            ("app-metrics/src/settings.rs", "MetricsArgs"),
         ],
         "flags": [
             ("butler-writer/src/service/cli.rs", "KafkaArgNames", "WriterKafka"),
@@ -94,6 +99,8 @@ SERVICES: dict[str, dict[str, Any]] = {
         "structs": [
             ("publication-consumer/src/cli.rs", "Cli"),
             ("publication-consumer/src/cli.rs", "ServeArgs"),
+            # Flattened into `serve`: the metrics events' METRICS_*, SCHEMA_MANAGER_*.
+            ("app-metrics/src/settings.rs", "MetricsArgs"),
         ],
         "flags": [
             ("publication-consumer/src/cli.rs", "KafkaArgNames", "ConsumerKafka"),
@@ -112,6 +119,14 @@ CONTAINERS = {"butler-writer": "butler-writer", "publication-consumer": "publica
 THIRD_PARTY = {"kafdrop": "Kafdrop (obsidiandynamics/kafdrop)"}
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
+
+# The keys of the Secret the Strimzi access operator writes for a KafkaAccess (named after it), as
+# Phalanx's applications read them for a TLS KafkaUser: the listener's address and protocol, the
+# cluster CA, the user's certificate and key.
+KAFKA_ACCESS_KEYS = {"bootstrapServers", "securityProtocol", "ssl.truststore.crt", "ssl.keystore.crt", "ssl.keystore.key"}
+
+# A service variable naming a file: ends so, or is one of these.
+FILE_VARIABLE = re.compile(r"(_PATH|_FILE)$|^LSST_DB_AUTH$")
 
 
 class Report:
@@ -147,12 +162,18 @@ def environments(chart_dir: Path) -> list[str]:
 
 
 # Renders beyond the environment files: settings an operator will use that change the templates'
-# paths (several writers: a transactional id per pod).
+# paths (several writers: a transactional id per pod; metrics events to Sasquatch).
 SCENARIOS: dict[str, list[dict[str, Any]]] = {
     "butler-writer-service": [
         {"replicaCount": 3},
         {"replay": {"since": "2026-11-28T21:00:00Z"}},
         {"monitoring": {"selector": 'namespace="butler-writer-service"'}},
+        # Metrics events to Sasquatch: the KafkaAccess, its secret in the StatefulSet, none in
+        # the replay Job.
+        {"appMetrics": {"enabled": True}, "replay": {"since": "2026-11-28T21:00:00Z"}},
+    ],
+    "prompt-publication-consumer": [
+        {"appMetrics": {"enabled": True}},
     ],
     # Every switch the deployed cluster leaves off: metrics, their scraping and alerts, the
     # Kafka exporter, Cruise Control.
@@ -409,6 +430,75 @@ def memory_bytes(quantity: str) -> float:
     return float(match[1]) * units.get(match[2], 1)
 
 
+def pod_spec(document: dict) -> dict:
+    spec = document.get("spec", {})
+    if document.get("kind") == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    return spec.get("template", {}).get("spec", {})
+
+
+def check_secrets_and_files(report: Report, label: str, documents: list[dict]) -> None:
+    """Every Secret a workload reads (`secretKeyRef`, secret volumes) is made by the render (a
+    VaultSecret, a KafkaAccess's Secret, a KafkaUser's) and, for a KafkaAccess, read by keys the
+    access operator writes; every file a service's variable names lies in one of its container's
+    mounts, and in a secret volume's `items` where the volume lists them."""
+    made: dict[str, set[str] | None] = {}
+    for document in documents:
+        name = document.get("metadata", {}).get("name")
+        if document.get("kind") in ("VaultSecret", "Secret", "KafkaUser"):
+            made[name] = None
+        elif document.get("kind") == "KafkaAccess":
+            made[name] = KAFKA_ACCESS_KEYS
+    for document in documents:
+        if document.get("kind") not in WORKLOAD_KINDS:
+            continue
+        pod = pod_spec(document)
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        reads: list[tuple[str, str | None]] = []
+        for volume in volumes.values():
+            if "secret" in volume:
+                keys = [item["key"] for item in volume["secret"].get("items", [])] or [None]
+                reads += [(volume["secret"]["secretName"], key) for key in keys]
+        problems = []
+        for container in pod.get("initContainers", []) + pod.get("containers", []):
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    reads.append((ref["name"], ref["key"]))
+            if container["name"] not in CONTAINERS:
+                continue
+            mounts = container.get("volumeMounts", [])
+            for variable in container.get("env", []):
+                path = str(variable.get("value", ""))
+                if not FILE_VARIABLE.search(variable["name"]) or not path.startswith("/"):
+                    continue
+                mount = max(
+                    (m for m in mounts if path.startswith(m["mountPath"].rstrip("/") + "/")),
+                    key=lambda m: len(m["mountPath"]),
+                    default=None,
+                )
+                if mount is None:
+                    problems.append(f"{container['name']}: {variable['name']}={path} is in no mounted volume")
+                    continue
+                secret = volumes.get(mount["name"], {}).get("secret", {})
+                listed = {item["path"] for item in secret.get("items", [])}
+                relative = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+                if listed and relative not in listed:
+                    problems.append(
+                        f"{container['name']}: {variable['name']}={path}: volume {mount['name']} holds {sorted(listed)}"
+                    )
+        for name, key in reads:
+            if name not in made:
+                problems.append(f"Secret {name} is made by nothing the chart renders")
+            elif key is not None and made[name] is not None and key not in made[name]:
+                problems.append(f"Secret {name} (a KafkaAccess's) has no key {key}: {sorted(made[name])}")
+        what = f"{label}: secrets and files of {document['kind']}/{document['metadata']['name']}"
+        if problems:
+            report.fail(what, "\n".join(sorted(set(problems))))
+        else:
+            report.ok(f"{what}: {len(set(reads))} secret reads, each made by the render, every file in a mount")
+
+
 def check_memory_budget(report: Report, label: str, documents: list[dict]) -> None:
     """The writer holds up to `db concurrency` + 3 batches of BUTLER_WRITER_BATCH_MAX_BYTES, each
     parsed to about three times its bytes (butler-writer's settings): that must stay within half
@@ -607,6 +697,36 @@ def self_test(report: Report, kubernetes_version: str) -> None:
     else:
         report.fail("self-test", "the chart's own environment fails")
 
+    def secrets_failures(documents: list[dict]) -> int:
+        sub = Report()
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            check_secrets_and_files(sub, "self-test", documents)
+        return sub.failures
+
+    with_metrics, _ = render(chart_dir, environments(chart_dir)[0], {"appMetrics": {"enabled": True}})
+    if secrets_failures(with_metrics) == 0:
+        report.ok("self-test: the chart's secrets and files with metrics events on pass")
+    else:
+        report.fail("self-test", "the chart's secrets and files with metrics events on fail")
+    for what, mutate in (
+        ("a KafkaAccess secret key the access operator does not write", lambda pod, c: c["env"].__setitem__(
+            [e["name"] for e in c["env"]].index("METRICS_KAFKA_BOOTSTRAP_SERVERS"),
+            {"name": "METRICS_KAFKA_BOOTSTRAP_SERVERS",
+             "valueFrom": {"secretKeyRef": {"name": "butler-writer-service-app-metrics", "key": "bootstrap.servers"}}})),
+        ("a file outside the secret volume's items", lambda pod, c: c["env"].append(
+            {"name": "METRICS_KAFKA_CLIENT_KEY_PATH", "value": "/app/sasquatch-kafka/tls.key"})),
+        ("a file in no mounted volume", lambda pod, c: c["env"].append({"name": "LSST_DB_AUTH", "value": "/etc/db-auth.yaml"})),
+        ("a secret nothing renders", lambda pod, c: pod["volumes"][0]["secret"].__setitem__("secretName", "elsewhere")),
+    ):
+        probe = copy.deepcopy(with_metrics)
+        stateful = next(d for d in probe if d["kind"] == "StatefulSet")
+        pod = stateful["spec"]["template"]["spec"]
+        mutate(pod, pod["containers"][0])
+        caught(what, secrets_failures(probe) > 0)
+
     known = set().union(*monitoring.service_metrics(ROOT).values())
     caught(
         "an alert on a metric nobody serves",
@@ -682,6 +802,7 @@ def main() -> int:
                     f"{label}: every resource valid (Kubernetes {args.kubernetes_version} strict, Strimzi/VaultSecret)"
                 )
             check_environment(report, label, documents)
+            check_secrets_and_files(report, label, documents)
             check_memory_budget(report, label, documents)
             rendered[label] = documents
 

@@ -2,8 +2,9 @@
 (kafka.strimzi.io/v1beta2, as deployed) and KafkaTopic and KafkaUser (kafka.strimzi.io/v1, to
 which Phalanx moved them: v1beta2 goes away with Strimzi 0.52), the Vault Secrets Operator's
 VaultSecret (ricoberger.de/v1alpha1), which Phalanx uses for every secret, the Prometheus
-operator's PodMonitor and PrometheusRule (monitoring.coreos.com/v1), and cert-manager's
-Certificate (cert-manager.io/v1).
+operator's PodMonitor and PrometheusRule (monitoring.coreos.com/v1), cert-manager's
+Certificate (cert-manager.io/v1), and the Strimzi access operator's KafkaAccess
+(access.strimzi.io/v1alpha1), with which the services reach Sasquatch's Kafka.
 
 Why hand-written: the operators' CRDs (which carry the authoritative OpenAPI schemas) are
 published in their source repositories and Maven/OCI/Helm artifacts, none of which is reachable
@@ -433,6 +434,33 @@ CERTIFICATE = obj(
     ["apiVersion", "kind", "metadata", "spec"],
 )
 
+# The Strimzi access operator's KafkaAccess (access.strimzi.io/v1alpha1), as the CRD Phalanx
+# installs with its strimzi-access-operator application defines it: the access operator writes a
+# Secret of the same name with the connection details (check.py, KAFKA_ACCESS_KEYS).
+KAFKA_ACCESS = obj(
+    {
+        "apiVersion": {"const": "access.strimzi.io/v1alpha1"},
+        "kind": {"const": "KafkaAccess"},
+        "metadata": METADATA,
+        "spec": obj(
+            {
+                "kafka": obj({"name": STRING, "namespace": STRING, "listener": STRING}, ["name"]),
+                "user": obj(
+                    {
+                        "kind": {"const": "KafkaUser"},
+                        "apiGroup": {"const": "kafka.strimzi.io"},
+                        "name": STRING,
+                        "namespace": STRING,
+                    },
+                    ["kind", "apiGroup", "name"],
+                ),
+            },
+            ["kafka"],
+        ),
+    },
+    ["apiVersion", "kind", "metadata", "spec"],
+)
+
 SCHEMAS = {
     ("kafka.strimzi.io/v1beta2", "Kafka"): KAFKA,
     ("kafka.strimzi.io/v1beta2", "KafkaNodePool"): KAFKA_NODE_POOL,
@@ -442,4 +470,5 @@ SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
     ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
     ("cert-manager.io/v1", "Certificate"): CERTIFICATE,
+    ("access.strimzi.io/v1alpha1", "KafkaAccess"): KAFKA_ACCESS,
 }

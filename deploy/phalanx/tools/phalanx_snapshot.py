@@ -22,7 +22,13 @@ temporary directory and, there:
 4. validates our `secrets.yaml` files and the changed environment files against Phalanx's own JSON
    schemas (`docs/extras/schemas/`), as its pre-commit does, and has Phalanx itself
    (`phalanx secrets static-template`) say which secrets it would ask an operator for: prompt-kafka's
-   passwords, not the services' copies of them.
+   passwords, not the services' copies of them;
+5. checks our application metrics events against Sasquatch: each `app-metrics` and
+   `globalAppConfig` snippet our docs tell operators to add (deploy/phalanx/README.md, the docs
+   pages) is rendered with Sasquatch's app-metrics subchart and must create the KafkaUser our
+   KafkaAccess names (TLS, in the cluster it names), the topic our services send to, with the
+   ACLs to write it, and Telegraf's input for it with the tags, each a field of the service's
+   events; our KafkaAccess must be valid against the CRD Phalanx installs.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -85,6 +92,146 @@ IMMUTABLE = {
     "Deployment": ["spec.selector"],
     "Job": ["spec.selector", "spec.template"],
 }
+
+
+# The services' application metrics events: the Rust files of each chart's events (the structs
+# that `impl AppEvent`), and the files whose YAML snippets tell operators what to add to Sasquatch.
+EVENT_SOURCES = {
+    "butler-writer-service": "butler-writer/src/service/sasquatch.rs",
+    "prompt-publication-consumer": "publication-consumer/src/sasquatch.rs",
+}
+SASQUATCH_APP_METRICS = "applications/sasquatch/charts/app-metrics"
+KAFKA_ACCESS_CRD = "applications/strimzi-access-operator/crds/kafkaaccess.yaml"
+
+
+def snippet_files() -> list[Path]:
+    return [PHALANX_DIR / "README.md", *sorted((PHALANX_DIR / "docs").rglob("*.rst"))]
+
+
+def yaml_snippets(path: Path) -> list[Any]:
+    """The YAML code blocks of a Markdown (```yaml) or reStructuredText (code-block:: yaml) file."""
+    text = path.read_text()
+    blocks: list[str] = []
+    if path.suffix == ".md":
+        for match in re.finditer(r"^( *)```yaml\n(.*?)^ *```", text, re.S | re.M):
+            indent = len(match[1])
+            blocks.append("\n".join(line[indent:] for line in match[2].splitlines()))
+    else:
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            directive = re.match(r"^( *)\.\. code-block:: yaml\s*$", line)
+            if not directive:
+                continue
+            body = []
+            for following in lines[i + 1 :]:
+                if following.strip() and len(following) - len(following.lstrip()) <= len(directive[1]):
+                    break
+                body.append(following)
+            blocks.append(textwrap.dedent("\n".join(body)))
+    return [yaml.safe_load(block) for block in blocks]
+
+
+def event_fields(source: Path) -> dict[str, set[str]]:
+    """Event name -> its fields, from the structs of `source` that `impl AppEvent`."""
+    text = source.read_text()
+    events = {}
+    for struct, name in re.findall(r'impl AppEvent for (\w+) \{\s*const NAME: &\'static str = "(\w+)";', text):
+        body = re.search(r"pub struct " + struct + r" \{(.*?)\n\}", text, re.S)
+        events[name] = set(re.findall(r"^\s*pub (\w+):", body[1], re.M)) if body else set()
+    return events
+
+
+def check_app_metrics(report: Any, label: str, phalanx: Path, render: Any, environments: Any) -> None:
+    crd = yaml.safe_load((phalanx / KAFKA_ACCESS_CRD).read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    ours = {}
+    for app in our_applications():
+        if app.name not in EVENT_SOURCES:
+            continue
+        documents, _ = render(app, environments(app)[-1], {"appMetrics": {"enabled": True}})
+        access = [d for d in documents if d["kind"] == "KafkaAccess"]
+        env = {
+            e["name"]: e.get("value")
+            for d in documents if d["kind"] in ("StatefulSet", "Deployment")
+            for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        what = f"{label}: {app.name}'s KafkaAccess against Phalanx's CRD"
+        resource = {k: v for k, v in access[0].items() if k != "__template__"} if len(access) == 1 else {}
+        errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(resource)]
+        if len(access) != 1 or errors:
+            report.fail(what, f"{len(access)} KafkaAccess rendered; {errors}")
+            continue
+        report.ok(f"{what}: valid")
+        fields = event_fields(ROOT / EVENT_SOURCES[app.name])
+        ours[env["METRICS_APPLICATION"]] = (app.name, resource, f"{env['METRICS_EVENTS_TOPIC_PREFIX']}.{env['METRICS_APPLICATION']}", fields)
+    snippets = 0
+    for path in snippet_files():
+        apps: list[str] = []
+        config: dict[str, Any] = {}
+        for snippet in yaml_snippets(path):
+            if isinstance(snippet, dict):
+                apps += (snippet.get("app-metrics") or {}).get("apps", [])
+                config.update(snippet.get("globalAppConfig") or {})
+        if not apps and not config:
+            continue
+        snippets += 1
+        what = f"{label}: Sasquatch's app-metrics with the snippets of {path.relative_to(PHALANX_DIR)}"
+        problems = [f"{name}: not one of our applications ({sorted(ours)})" for name in set(apps) | set(config) if name not in ours]
+        documents, _ = render(phalanx / SASQUATCH_APP_METRICS, None, {"apps": apps, "globalAppConfig": config})
+        made = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+        telegraf = next(d for d in documents if d["kind"] == "ConfigMap")["data"]["telegraf.conf"]
+        inputs = {}
+        for block in telegraf.split("[[inputs.kafka_consumer]]")[1:]:
+            topics = re.search(r"topics = \[(.*?)\]", block, re.S)
+            tags = re.search(r"avro_tags = \[(.*?)\]", block, re.S)
+            for topic in re.findall(r'"([^"]+)"', topics[1] if topics else ""):
+                inputs[topic] = set(re.findall(r'"([^"]+)"', tags[1] if tags else ""))
+        for name in apps:
+            if name not in ours:
+                continue
+            app_name, access, topic, fields = ours[name]
+            user = made.get(("KafkaUser", access["spec"]["user"]["name"]))
+            if user is None:
+                problems.append(f"{name}: no KafkaUser {access['spec']['user']['name']} for {app_name}'s KafkaAccess")
+            else:
+                if user["spec"]["authentication"]["type"] != "tls" or access["spec"]["kafka"]["listener"] != "tls":
+                    problems.append(f"{name}: the KafkaUser's authentication and the KafkaAccess's listener are not both tls")
+                if user["metadata"]["labels"].get("strimzi.io/cluster") != access["spec"]["kafka"]["name"]:
+                    problems.append(f"{name}: the KafkaUser is not in the KafkaAccess's cluster {access['spec']['kafka']['name']}")
+                allowed = {
+                    op
+                    for acl in user["spec"]["authorization"]["acls"]
+                    if acl["resource"]["type"] == "topic"
+                    and (acl["resource"]["name"] == topic
+                         or (acl["resource"].get("patternType") == "prefix" and topic.startswith(acl["resource"]["name"])))
+                    for op in acl["operations"]
+                }
+                if not {"Write", "Describe"} <= allowed:
+                    problems.append(f"{name}: the KafkaUser may not write {topic} ({sorted(allowed)})")
+            if ("KafkaTopic", topic) not in made:
+                problems.append(f"{name}: no KafkaTopic {topic}, where {app_name} sends its events")
+            if topic not in inputs:
+                problems.append(f"{name}: Telegraf does not read {topic}")
+        for name, settings in config.items():
+            if name not in ours:
+                continue
+            app_name, _, topic, fields = ours[name]
+            every_field = set().union(*fields.values())
+            for tag in settings.get("influxTags", []):
+                if tag not in every_field:
+                    problems.append(f"{name}: tag {tag!r} is no field of {app_name}'s events ({sorted(fields)})")
+                if name in apps and tag not in inputs.get(topic, set()):
+                    problems.append(f"{name}: Telegraf does not make {tag!r} a tag of {topic}")
+        if problems:
+            report.fail(what, "\n".join(problems))
+        else:
+            tags = "; ".join(f"{k}: {', '.join(v.get('influxTags', []))}" for k, v in config.items()) or "none"
+            report.ok(
+                f"{what}: apps {apps}: KafkaUsers (tls) and topics as our KafkaAccess and services name them, "
+                f"write allowed, Telegraf reads them; tags ({tags}) each an event field"
+            )
+    if not snippets:
+        report.fail(f"{label}: Sasquatch's app-metrics", "no app-metrics snippet found in README.md or docs/")
 
 
 # --- laying our files into a Phalanx checkout --------------------------------------------------
@@ -423,6 +570,9 @@ def cross_check(report: Any, snapshot: Path, render: Any, environments: Any, out
             report.fail(f"{label}: Phalanx's JSON schemas", "\n".join(problems))
         else:
             report.ok(f"{label}: our secrets.yaml and the environment files valid against Phalanx's JSON schemas")
+
+        # 5. The application metrics events against Sasquatch's app-metrics subchart.
+        check_app_metrics(report, label, phalanx, render, environments)
 
 
 def main() -> int:

@@ -58,6 +58,59 @@ Python log level names as the Rust writer's filter spells them.
 {{- end }}
 
 {{/*
+Application metrics events to Sasquatch: the KafkaAccess, and its Secret, that the access
+operator writes with the metrics broker's address, protocol and the KafkaUser's certificate.
+*/}}
+{{- define "butler-writer-service.appMetricsName" -}}
+{{- printf "%s-app-metrics" (include "butler-writer-service.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Where the KafkaAccess secret's certificate and key are mounted in the writer's container.
+*/}}
+{{- define "butler-writer-service.appMetricsDirectory" -}}
+/app/sasquatch-kafka
+{{- end }}
+
+{{/*
+The writer's metrics-event variables (the StatefulSet's; the replay Job sends no events).
+METRICS_ENABLED always, the rest when enabled: Sasquatch's Kafka from the KafkaAccess secret,
+its files mounted from that secret (the statefulset's `app-metrics` volume).
+*/}}
+{{- define "butler-writer-service.appMetricsEnv" -}}
+- name: METRICS_ENABLED
+  value: {{ ternary "true" "false" .Values.appMetrics.enabled | quote }}
+{{- if .Values.appMetrics.enabled }}
+{{- $secret := include "butler-writer-service.appMetricsName" . }}
+{{- $directory := include "butler-writer-service.appMetricsDirectory" . }}
+- name: METRICS_APPLICATION
+  value: {{ .Values.appMetrics.application | quote }}
+- name: METRICS_EVENTS_TOPIC_PREFIX
+  value: {{ .Values.appMetrics.topicPrefix | quote }}
+- name: SCHEMA_MANAGER_REGISTRY_URL
+  value: {{ .Values.appMetrics.schemaManager.registryUrl | quote }}
+- name: SCHEMA_MANAGER_SUFFIX
+  value: {{ .Values.appMetrics.schemaManager.suffix | quote }}
+- name: METRICS_KAFKA_BOOTSTRAP_SERVERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret | quote }}
+      key: bootstrapServers
+- name: METRICS_KAFKA_SECURITY_PROTOCOL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret | quote }}
+      key: securityProtocol
+- name: METRICS_KAFKA_CLUSTER_CA_PATH
+  value: "{{ $directory }}/ca.crt"
+- name: METRICS_KAFKA_CLIENT_CERT_PATH
+  value: "{{ $directory }}/user.crt"
+- name: METRICS_KAFKA_CLIENT_KEY_PATH
+  value: "{{ $directory }}/user.key"
+{{- end }}
+{{- end }}
+
+{{/*
 The writer's environment, shared by the StatefulSet and the replay Job.
 */}}
 {{- define "butler-writer-service.env" -}}
