@@ -64,10 +64,9 @@ async fn one_event_per_batch_that_fastavro_decodes_field_by_field() {
 
     let mut settings = env_settings(&env, &registry, &topics, dir.path());
     settings.metrics = Some(metrics.clone());
-    settings.batch.max_messages = 4; // several batches, several events
-    // One batch in the database at a time: with two, the conflicting copies (offsets 4-7) can
-    // commit before the originals (0-3) and win, which this test's expectations do not allow for.
-    settings.db_concurrency = 1;
+    // Several batches, several events; with two batches in the database at once, the conflicting
+    // copies (offsets 4-7) run beside the originals (0-3) and must still lose to them.
+    settings.batch.max_messages = 4;
     let service = start(settings).await;
     let counters = Arc::clone(service.metrics());
     wait_for_datasets(

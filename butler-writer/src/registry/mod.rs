@@ -28,6 +28,7 @@ mod datasets;
 mod dimension_writes;
 pub mod model;
 mod open;
+pub mod order;
 mod prepare;
 mod records;
 mod rejections;
@@ -47,6 +48,7 @@ pub use self::open::{APPLICATION_NAME, StartupError, UnsupportedRegistry};
 pub use self::records::MAX_REGION_VERTICES;
 
 use self::catalog::Catalog;
+use self::order::{BatchOrder, Unordered};
 use self::prepare::{PreparedMessage, live_datasets};
 use self::rejections::Rejections;
 use self::statistics::Statistics;
@@ -95,8 +97,19 @@ impl Registry {
     /// Decodes raw Kafka values and ingests them as one batch; values that do not decode are
     /// rejected (as `other_message_type` or `invalid`) and the rest go on.
     pub async fn ingest_values(&self, values: &[&[u8]]) -> Result<BatchOutcome, EngineError> {
+        self.ingest_values_in_order(values, &Unordered).await
+    }
+
+    /// [`ingest_values`](Self::ingest_values) for one of several batches in the database at
+    /// once: once its datasets are known, `order` holds it until no earlier batch that writes
+    /// one of them is still in the database, so that the earlier of two conflicting copies wins.
+    pub async fn ingest_values_in_order<O: BatchOrder>(
+        &self,
+        values: &[&[u8]],
+        order: &O,
+    ) -> Result<BatchOutcome, EngineError> {
         let (events, undecodable) = prepare::decode(values);
-        let mut outcome = self.ingest_indexed(&events).await?;
+        let mut outcome = self.ingest_indexed(&events, order).await?;
         outcome.rejected.extend(undecodable);
         outcome.rejected.sort_by_key(|r| r.index);
         Ok(outcome)
@@ -109,12 +122,13 @@ impl Registry {
     ) -> Result<BatchOutcome, EngineError> {
         let indexed: Vec<(usize, PromptProcessingOutputEvent)> =
             events.iter().cloned().enumerate().collect();
-        self.ingest_indexed(&indexed).await
+        self.ingest_indexed(&indexed, &Unordered).await
     }
 
-    async fn ingest_indexed(
+    async fn ingest_indexed<O: BatchOrder>(
         &self,
         events: &[(usize, PromptProcessingOutputEvent)],
+        order: &O,
     ) -> Result<BatchOutcome, EngineError> {
         let started = std::time::Instant::now();
         let mut conn = self.pool.acquire().await.doing("acquiring a connection")?;
@@ -129,6 +143,7 @@ impl Registry {
             events,
             &mut rejections,
         );
+        order.claim(order::dataset_keys(&prepared)).await;
 
         // 2. Dimension records.
         let dimensions_started = std::time::Instant::now();

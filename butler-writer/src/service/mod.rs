@@ -5,7 +5,8 @@
 //! - [`settings`]: what the service runs with, validated; [`cli`]: `butler-writer serve`.
 //! - [`consume`]: the consume loop (its own thread): back-pressure, rebalances.
 //! - [`batch`]: the batch being filled, closed at N messages or T milliseconds.
-//! - [`pipeline`]: the ingest (concurrent) and announce (in order) stages, with retries.
+//! - [`pipeline`]: the ingest (concurrent) and announce (in order) stages, with retries;
+//!   [`order`]: batches in the database at once that write the same dataset keep their order.
 //! - [`breaker`]: the circuit breaker that holds consumption when nearly everything is rejected.
 //! - [`delivery`]: events, dead-letter records and offsets to Kafka, transactional or not.
 //! - [`metrics`]: the writer's metrics; health and the HTTP endpoints are the service kit's.
@@ -22,6 +23,7 @@ pub mod consume;
 pub mod delivery;
 pub mod faults;
 pub mod metrics;
+pub mod order;
 pub mod pipeline;
 pub mod sasquatch;
 pub mod settings;
@@ -222,6 +224,7 @@ impl Service {
             shutdown: shutdown.clone(),
             faults,
             events: Arc::clone(&events),
+            turns: order::BatchTurns::default(),
         });
         let task = tokio::spawn(supervise(Supervised {
             pipeline,

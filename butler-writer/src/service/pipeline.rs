@@ -3,7 +3,8 @@
 //! 1. **Ingest** (up to `db_concurrency` batches at once, each on its own connection): the
 //!    registry engine writes and commits the batch to the database, then its batch file is
 //!    written. Database and storage outages are retried with backoff, indefinitely, the batch
-//!    intact.
+//!    intact. A batch that writes a dataset an earlier batch still in the database also writes
+//!    waits for it ([`super::order`]), so the earlier of two conflicting copies wins.
 //! 2. **Announce** (one batch at a time, in the order read): the circuit breaker judges the
 //!    batch's rejections; then its `batch-ingested` event, its dead letters and its offsets go to
 //!    Kafka ([`super::delivery`]). Offsets never move before the database commit, because
@@ -30,12 +31,14 @@ use super::consume::WriterConsumer;
 use super::delivery::{Delivery, DeliveryFailure, OutRecord, dead_letter_record, offsets_after};
 use super::faults::FaultInjector;
 use super::metrics::Metrics;
+use super::order::{BatchTurns, Turn};
 use super::sasquatch::{BatchCommitted, BreakerTrip, WriterEvents};
 use super::settings::DeliveryMode;
 use super::settings::Settings;
 use crate::error::EngineError;
 use crate::outcome::BatchOutcome;
 use crate::registry::Registry;
+use crate::registry::order::{BatchOrder, Unordered};
 
 /// The readiness hold the circuit breaker sets.
 pub const BREAKER_HOLD: &str = "breaker_open";
@@ -70,6 +73,8 @@ pub struct Pipeline {
     pub(super) faults: Arc<dyn FaultInjector>,
     /// The events sent to Sasquatch.
     pub(super) events: Arc<WriterEvents>,
+    /// The order of batches in the database, where they write the same datasets.
+    pub(super) turns: BatchTurns,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -98,12 +103,14 @@ impl Pipeline {
     ) {
         let permits = Arc::new(Semaphore::new(self.settings.db_concurrency));
         while let Some(batch) = batches.recv().await {
+            // Taken in the order batches were read, before any of them can claim.
+            let turn = self.turns.next_turn();
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 break;
             };
             let pipeline = Arc::clone(&self);
             let task = tokio::spawn(async move {
-                let result = pipeline.ingest(batch).await;
+                let result = pipeline.ingest(batch, turn).await;
                 drop(permit);
                 result
             });
@@ -137,11 +144,13 @@ impl Pipeline {
     }
 
     /// Stage 1 for one batch: `None` when the batch was abandoned (its partitions were revoked).
-    async fn ingest(&self, batch: Batch) -> Result<Option<Ingested>, ServiceError> {
+    async fn ingest(&self, batch: Batch, turn: Turn) -> Result<Option<Ingested>, ServiceError> {
         let started = Instant::now();
-        let Some(outcome) = self.run_engine(&batch).await? else {
+        let Some(outcome) = self.run_engine(&batch, &turn).await? else {
             return Ok(None);
         };
+        // Committed: later batches that write the same datasets may go on.
+        drop(turn);
         let engine_seconds = started.elapsed().as_secs_f64();
         let batch_id = Uuid::new_v4();
         let file_name = format!(
@@ -167,7 +176,11 @@ impl Pipeline {
 
     /// Runs the registry engine on a batch until it succeeds; `None` if the batch went stale
     /// while the database was away.
-    async fn run_engine(&self, batch: &Batch) -> Result<Option<BatchOutcome>, ServiceError> {
+    async fn run_engine<O: BatchOrder>(
+        &self,
+        batch: &Batch,
+        order: &O,
+    ) -> Result<Option<BatchOutcome>, ServiceError> {
         let values: Vec<&[u8]> = batch.messages.iter().map(|m| m.value.as_slice()).collect();
         let mut backoff = Backoff::new(self.settings.retry);
         loop {
@@ -175,7 +188,7 @@ impl Pipeline {
                 return Ok(None);
             }
             let started = Instant::now();
-            match self.registry.ingest_values(&values).await {
+            match self.registry.ingest_values_in_order(&values, order).await {
                 Ok(outcome) => {
                     self.metrics
                         .database_seconds
@@ -358,7 +371,8 @@ impl Pipeline {
                 batch = ingested.batch.number,
                 "circuit breaker: trying the held batch again"
             );
-            let Some(outcome) = self.run_engine(&ingested.batch).await? else {
+            // Every later batch is held behind this one at the announce stage: no order to keep.
+            let Some(outcome) = self.run_engine(&ingested.batch, &Unordered).await? else {
                 return Ok(false);
             };
             ingested.outcome = outcome;
