@@ -8,6 +8,11 @@
 //! Both sides are timed per batch inside their own process with a warm, long-lived connection
 //! (a Butler on the Python side, the engine on ours), including the JSON parsing of the messages:
 //! what a writer does between reading a batch from Kafka and committing it.
+//!
+//! The yardstick, at 1000 datasets: the rows our engine wrote for each timed batch, loaded with
+//! COPY into clones of the same registry (indexes, foreign keys and triggers on), one load
+//! alone and two at once into two clones; our rate is printed as a ratio of both
+//! (`test_support::copy_floor`).
 
 #![allow(
     clippy::unwrap_used,
@@ -22,8 +27,8 @@ use std::time::Instant;
 use butler_repository::{ButlerConfig, PoolSettings};
 use butler_writer::Registry;
 use serde::Deserialize;
-use test_support::TestEnv;
 use test_support::messages::{MessageFactory, to_lines};
+use test_support::{TestEnv, copy_floor};
 
 const SIZES: &[usize] = &[1, 10, 100, 1000];
 
@@ -108,7 +113,10 @@ async fn main() {
         .await
         .expect("open");
     let mut ours = Vec::new();
+    // The transaction id before each batch (and after the last): what each batch wrote.
+    let mut marks = Vec::new();
     for (_, _, _, path) in &files {
+        marks.push(copy_floor::mark(&our_registry).await.expect("mark"));
         let text = std::fs::read(path).unwrap();
         let started = Instant::now();
         let values: Vec<&[u8]> = text
@@ -119,6 +127,8 @@ async fn main() {
         ours.push(started.elapsed().as_secs_f64());
         assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
     }
+    marks.push(copy_floor::mark(&our_registry).await.expect("mark"));
+    let floor = copy_floor_at(&env, &our_registry, &files, &marks, FLOOR_SIZE).await;
 
     println!();
     println!(
@@ -128,6 +138,7 @@ async fn main() {
         "| datasets | messages | daf_butler (s) | ours (s) | daf_butler datasets/s | ours datasets/s | ratio |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let (mut ours_at_floor, mut python_at_floor) = (f64::NAN, f64::NAN);
     for &size in SIZES {
         let picked: Vec<usize> = files
             .iter()
@@ -150,5 +161,82 @@ async fn main() {
             size as f64 / rs,
             py / rs
         );
+        if size == FLOOR_SIZE {
+            ours_at_floor = rs;
+            python_at_floor = py;
+        }
     }
+    let (one, two) = floor;
+    let n = FLOOR_SIZE as f64;
+    println!();
+    println!(
+        "the COPY floor at {FLOOR_SIZE} datasets: the rows our engine wrote for each timed batch, COPY (psql) into clones of the registry (medians)"
+    );
+    println!(
+        "| datasets | COPY, one load (s) | COPY, two loads at once (s) | ours (s) | one load datasets/s | two loads datasets/s | ours datasets/s | ours / one load | ours / two loads | daf_butler / one load |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {FLOOR_SIZE} | {one:.4} | {two:.4} | {ours_at_floor:.4} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.2}x |",
+        n / one,
+        2.0 * n / two,
+        n / ours_at_floor,
+        one / ours_at_floor,
+        (two / 2.0) / ours_at_floor,
+        one / python_at_floor
+    );
+}
+
+/// The batch size the COPY floor is measured at.
+const FLOOR_SIZE: usize = 1000;
+
+/// Medians over the timed batches of `size`: one COPY load of a batch's rows into a clone, and
+/// the wall time of two loads at once into two other clones.
+async fn copy_floor_at(
+    env: &TestEnv,
+    registry: &test_support::TestRegistry,
+    files: &[(usize, usize, usize, std::path::PathBuf)],
+    marks: &[i64],
+    size: usize,
+) -> (f64, f64) {
+    let timed: Vec<usize> = files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.0 == size && f.1 > 0)
+        .map(|(i, _)| i)
+        .collect();
+    let first = timed[0];
+    // Everything written before the first timed batch (earlier sizes, the RUN, the warm-up):
+    // loaded untimed, so each timed batch finds what it refers to.
+    let prefix = copy_floor::rows_between(registry, marks[0], marks[first])
+        .await
+        .expect("prefix rows");
+    let clones = [
+        env.fresh_registry().await.expect("clone"),
+        env.fresh_registry().await.expect("clone"),
+        env.fresh_registry().await.expect("clone"),
+    ];
+    for clone in &clones {
+        copy_floor::load(clone, &prefix).await.expect("prefix load");
+    }
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for &i in &timed {
+        let rows = copy_floor::rows_between(registry, marks[i], marks[i + 1])
+            .await
+            .expect("batch rows");
+        one.push(
+            copy_floor::load(&clones[0], &rows)
+                .await
+                .expect("one load")
+                .as_secs_f64(),
+        );
+        // Started together; each timed by the server, so the longer is the pair's wall time
+        // without psql's start-up.
+        let (a, b) = tokio::join!(
+            copy_floor::load(&clones[1], &rows),
+            copy_floor::load(&clones[2], &rows)
+        );
+        two.push(a.expect("load a").max(b.expect("load b")).as_secs_f64());
+    }
+    (median(&mut one), median(&mut two))
 }

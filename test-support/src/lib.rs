@@ -28,10 +28,13 @@
 //! - [`messages`]: realistic pp-output messages for as many new visits as a test needs.
 //! - [`pipeline`]: a writer's surroundings ([`pipeline::Fixture`]) and what it left, read back.
 //! - [`writer`]: a real Butler Writer, started in-process with test settings.
+//! - [`copy_floor`]: the rows a writer wrote, loaded with COPY into a clone: the benchmarks'
+//!   yardstick.
 //! - [`database`]: empty databases of a test's own; [`cleanup`]: how what a test made on the
 //!   services (databases, topics) is removed when the test ends.
 
 pub mod cleanup;
+pub mod copy_floor;
 pub mod database;
 pub mod fixtures;
 pub mod kafka;
