@@ -20,7 +20,8 @@
 //! - [`services`]: where the broker and the database come from (environment or containers).
 //! - [`kafka`]: topics with unique names, client configuration, reading a topic back.
 //! - [`registry`]: fresh registries through `deploy/local/bootstrap_registry.py`.
-//! - [`proxy`]: a TCP proxy a test can cut, to take a service away from one client.
+//! - [`proxy`]: a TCP proxy a test can cut, to take a service away from one client, or delay, to
+//!   put it further away.
 //! - [`s3`]: a moto S3 server of the test's own, with a bucket and enforced credentials.
 //! - [`sasl`]: a nisshi broker of the test's own that requires SCRAM-SHA-512.
 //! - [`schema_registry`]: a schema registry for application metrics events.

@@ -160,17 +160,29 @@ impl TestRegistry {
     /// database through a [`TcpProxy`] of its own, so a test can take the database away from
     /// one writer without stopping the server other tests use.
     pub async fn through_proxy(&self) -> anyhow::Result<(TcpProxy, PathBuf)> {
-        let after_host = self
-            .database_url
-            .rsplit_once('@')
-            .map_or(self.database_url.as_str(), |(_, h)| h);
-        let port: u16 = after_host
-            .split('/')
-            .next()
-            .and_then(|h| h.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse().ok())
-            .with_context(|| format!("no port in the database URL of {}", self.database))?;
-        let proxy = TcpProxy::start(&format!("127.0.0.1:{port}")).await?;
+        self.through_proxy_with(None).await
+    }
+
+    /// As [`TestRegistry::through_proxy`], with the database `one_way` further away in each
+    /// direction ([`TcpProxy::start_delayed`]): a remote database, `2 * one_way` of added
+    /// round-trip time.
+    pub async fn through_delayed_proxy(
+        &self,
+        one_way: std::time::Duration,
+    ) -> anyhow::Result<(TcpProxy, PathBuf)> {
+        self.through_proxy_with(Some(one_way)).await
+    }
+
+    async fn through_proxy_with(
+        &self,
+        delay: Option<std::time::Duration>,
+    ) -> anyhow::Result<(TcpProxy, PathBuf)> {
+        let port = self.database_port()?;
+        let target = format!("127.0.0.1:{port}");
+        let proxy = match delay {
+            None => TcpProxy::start(&target).await?,
+            Some(one_way) => TcpProxy::start_delayed(&target, one_way).await?,
+        };
         let text = std::fs::read_to_string(&self.butler_config)?;
         let proxied = self.repo.join("proxied.yaml");
         std::fs::write(
@@ -178,5 +190,27 @@ impl TestRegistry {
             text.replace(&format!(":{port}/"), &format!(":{}/", proxy.port())),
         )?;
         Ok((proxy, proxied))
+    }
+
+    /// [`TestRegistry::database_url`] through `proxy` (one of [`TestRegistry::through_proxy`]'s),
+    /// for a client of the test's own to see the database as the proxied writer does.
+    pub fn database_url_through(&self, proxy: &TcpProxy) -> anyhow::Result<String> {
+        let port = self.database_port()?;
+        Ok(self
+            .database_url
+            .replace(&format!(":{port}/"), &format!(":{}/", proxy.port())))
+    }
+
+    fn database_port(&self) -> anyhow::Result<u16> {
+        let after_host = self
+            .database_url
+            .rsplit_once('@')
+            .map_or(self.database_url.as_str(), |(_, h)| h);
+        after_host
+            .split('/')
+            .next()
+            .and_then(|h| h.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .with_context(|| format!("no port in the database URL of {}", self.database))
     }
 }
