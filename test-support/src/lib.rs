@@ -31,6 +31,8 @@
 //! - [`writer`]: a real Butler Writer, started in-process with test settings.
 //! - [`copy_floor`]: the rows a writer wrote, loaded with COPY into a clone: the benchmarks'
 //!   yardstick.
+//! - [`service_bench`]: what the benchmarks of the whole writer share: a backlog on a topic,
+//!   `butler-writer serve` draining it, its figures, the reconciliation.
 //! - [`database`]: empty databases of a test's own; [`cleanup`]: how what a test made on the
 //!   services (databases, topics) is removed when the test ends.
 
@@ -46,6 +48,7 @@ pub mod registry;
 pub mod s3;
 pub mod sasl;
 pub mod schema_registry;
+pub mod service_bench;
 pub mod services;
 pub mod writer;
 
