@@ -76,20 +76,6 @@ pub async fn rows_between(
 /// its end go as two small writes, so over TCP every table then waits out a delayed ACK (about
 /// 40 ms, measured here), which would make the floor a client artefact.
 pub async fn load(registry: &TestRegistry, rows: &WrittenRows) -> anyhow::Result<Duration> {
-    let mut script = String::from(
-        "\\set ON_ERROR_STOP 1\nSELECT clock_timestamp() AS copy_started \\gset\nBEGIN;\n",
-    );
-    for (table, data) in &rows.tables {
-        script.push_str(&format!(
-            "COPY \"{}\".\"{table}\" FROM STDIN;\n",
-            registry.namespace
-        ));
-        script.push_str(std::str::from_utf8(data).context("COPY text data")?);
-        script.push_str("\\.\n");
-    }
-    script.push_str(
-        "COMMIT;\nSELECT extract(epoch FROM clock_timestamp() - :'copy_started'::timestamptz);\n",
-    );
     let mut child = tokio::process::Command::new("psql")
         .args(["-X", "-q", "-A", "-t", "-d", &registry.database_url])
         .stdin(std::process::Stdio::piped())
@@ -99,8 +85,26 @@ pub async fn load(registry: &TestRegistry, rows: &WrittenRows) -> anyhow::Result
         .context("starting psql")?;
     {
         use tokio::io::AsyncWriteExt;
+        // Written piece by piece rather than as one script: the rows of a whole backlog run to
+        // hundreds of megabytes, and a second copy of them would only cost memory. Nothing but
+        // writes to the pipe happens between BEGIN and COMMIT, as with one script.
         let mut stdin = child.stdin.take().context("psql's stdin")?;
-        stdin.write_all(script.as_bytes()).await?;
+        stdin
+            .write_all(
+                b"\\set ON_ERROR_STOP 1\nSELECT clock_timestamp() AS copy_started \\gset\nBEGIN;\n",
+            )
+            .await?;
+        for (table, data) in &rows.tables {
+            let copy = format!("COPY \"{}\".\"{table}\" FROM STDIN;\n", registry.namespace);
+            stdin.write_all(copy.as_bytes()).await?;
+            stdin.write_all(data).await?;
+            stdin.write_all(b"\\.\n").await?;
+        }
+        stdin
+            .write_all(
+                b"COMMIT;\nSELECT extract(epoch FROM clock_timestamp() - :'copy_started'::timestamptz);\n",
+            )
+            .await?;
     }
     let output = child.wait_with_output().await?;
     anyhow::ensure!(
