@@ -15,7 +15,8 @@
 //! Then the yardstick (`test_support::copy_floor`): the rows the writer wrote into its registry,
 //! loaded with COPY into clones of the registry (indexes, foreign keys and triggers on), one load
 //! alone and two full loads at once into two clones; the writer's sustained rate is printed as a
-//! ratio of the one-load rate and of the two loads' aggregate rate.
+//! ratio of the one-load rate and of the two loads' aggregate rate. `--bench remote` runs the same
+//! writer with its database further away.
 
 #![allow(
     clippy::unwrap_used,
