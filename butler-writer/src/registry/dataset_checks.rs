@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
 use super::Registry;
-use super::datasets::{PreparedDataset, record_definition, rows};
+use super::datasets::{DatasetColumns, PreparedDataset};
 use super::model::{Table, ident};
 use super::prepare::{PreparedMessage, live_datasets, per_table};
 use super::rejections::Rejections;
@@ -60,73 +60,65 @@ impl Registry {
         for (index, dataset) in &candidates {
             carriers.entry(dataset.id).or_default().push(*index);
         }
-        self.reject_registry_conflicts(conn, prepared, &runs, &carriers, rejections)
-            .await?;
+        // Both registry checks in one statement per tags table; applied in daf_butler's order.
+        let faults = self.find_faults(conn, prepared, &runs, rejections).await?;
+        let reject = |rejections: &mut Rejections, id: &Uuid, reason: RejectReason, text: &str| {
+            for index in carriers.get(id).into_iter().flatten() {
+                rejections.reject(*index, reason, text.to_owned());
+            }
+        };
+        for fault in &faults {
+            if let Fault::Conflict(conflict) = fault {
+                reject(
+                    rejections,
+                    &conflict.id,
+                    RejectReason::Conflict,
+                    &conflict.reason,
+                );
+            }
+        }
         reject_batch_conflicts(prepared, rejections);
-        self.reject_missing_dimensions(conn, prepared, &carriers, rejections)
-            .await?;
+        // A message already turned away keeps its first reason (`Rejections::reject`).
+        for fault in &faults {
+            if let Fault::MissingDimension { id, dimension } = fault {
+                reject(
+                    rejections,
+                    id,
+                    RejectReason::Invalid,
+                    &format!(
+                        "dataset {id}: its data ID names a `{dimension}` that is not in the registry"
+                    ),
+                );
+            }
+        }
         Ok(runs)
     }
 
-    /// daf_butler's conflict checks against the registry, per tags table.
-    async fn reject_registry_conflicts(
+    /// The registry checks of every live dataset, one statement per tags table.
+    async fn find_faults(
         &self,
         conn: &mut PgConnection,
         prepared: &[PreparedMessage],
         runs: &HashMap<String, RunState>,
-        carriers: &Carriers,
-        rejections: &mut Rejections,
-    ) -> Result<(), DatabaseError> {
+        rejections: &Rejections,
+    ) -> Result<Vec<Fault>, DatabaseError> {
         let tables = self.catalog.tables();
+        let mut faults = Vec::new();
         for (table, rows) in per_table(&tables, &live_datasets(prepared, rejections)) {
-            let dimensions = &rows[0].dataset_type.dimensions;
-            let conflicts =
-                find_conflicts(conn, &self.namespace_sql, table, dimensions, &rows, runs)
-                    .await
-                    .doing("checking datasets for conflicts")?;
-            for conflict in conflicts {
-                for index in carriers.get(&conflict.id).into_iter().flatten() {
-                    rejections.reject(*index, RejectReason::Conflict, conflict.reason.clone());
-                }
-            }
+            faults.extend(
+                find_faults(
+                    conn,
+                    &self.namespace_sql,
+                    &self.universe,
+                    table,
+                    &rows,
+                    runs,
+                )
+                .await
+                .doing("checking datasets against the registry")?,
+            );
         }
-        Ok(())
-    }
-
-    /// Data IDs must name dimension records the registry has (the tags tables' foreign keys).
-    async fn reject_missing_dimensions(
-        &self,
-        conn: &mut PgConnection,
-        prepared: &[PreparedMessage],
-        carriers: &Carriers,
-        rejections: &mut Rejections,
-    ) -> Result<(), DatabaseError> {
-        let tables = self.catalog.tables();
-        for (table, rows) in per_table(&tables, &live_datasets(prepared, rejections)) {
-            let dimensions = &rows[0].dataset_type.dimensions;
-            let missing = find_missing_dimensions(
-                conn,
-                &self.namespace_sql,
-                &self.universe,
-                table,
-                dimensions,
-                &rows,
-            )
-            .await
-            .doing("checking the dimension records of data IDs")?;
-            for (id, dimension) in missing {
-                for index in carriers.get(&id).into_iter().flatten() {
-                    rejections.reject(
-                        *index,
-                        RejectReason::Invalid,
-                        format!(
-                            "dataset {id}: its data ID names a `{dimension}` that is not in the registry"
-                        ),
-                    );
-                }
-            }
-        }
-        Ok(())
+        Ok(faults)
     }
 }
 
@@ -232,22 +224,81 @@ pub struct Conflict {
     pub reason: String,
 }
 
-/// daf_butler's three import checks, for every dataset of one tags table at once:
+/// What a registry check found wrong with an incoming dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fault {
+    /// One of daf_butler's three import checks failed.
+    Conflict(Conflict),
+    /// Its data ID names a dimension record the registry does not have (the tags table's
+    /// foreign keys would refuse it).
+    MissingDimension { id: Uuid, dimension: String },
+}
+
+/// Number of the missing-dimension check in [`find_faults`]' results (1-3 are daf_butler's).
+const MISSING_DIMENSION: i32 = 4;
+
+/// Every check of one tags table's datasets in one statement: daf_butler's three import checks
 /// (i) a dataset with this id exists with another type or RUN; (ii) a tags row with this id has
-/// another type or data ID; (iii) the same type, RUN and data ID already has another id.
-async fn find_conflicts(
+/// another type or data ID; (iii) the same type, RUN and data ID already has another id; and
+/// (4) each data ID dimension has its record in the registry.
+async fn find_faults(
     conn: &mut PgConnection,
     ns: &str,
+    universe: &Universe,
     table: &Table,
-    dimensions: &[String],
     datasets: &[&PreparedDataset],
     run_ids: &HashMap<String, RunState>,
-) -> Result<Vec<Conflict>, sqlx::Error> {
-    if datasets.is_empty() {
+) -> Result<Vec<Fault>, sqlx::Error> {
+    let Some(first) = datasets.first() else {
         return Ok(Vec::new());
+    };
+    let dimensions = &first.dataset_type.dimensions;
+    let columns = DatasetColumns::new(table, datasets, run_ids);
+    let mut checks = conflict_checks(ns, table, dimensions);
+    checks.extend(missing_dimension_checks(ns, universe, dimensions));
+    let sql = format!(
+        "WITH n AS MATERIALIZED (SELECT * FROM {}) {}",
+        columns.source(1),
+        checks.join(" UNION ALL ")
+    );
+    let found = columns
+        .bind(sqlx::query(AssertSqlSafe(sql)))
+        .fetch_all(&mut *conn)
+        .await?;
+    let by_id: HashMap<Uuid, &PreparedDataset> = datasets.iter().map(|d| (d.id, *d)).collect();
+    let mut faults = Vec::new();
+    for row in found {
+        let id: Uuid = row.try_get("id")?;
+        let check: i32 = row.try_get("check_no")?;
+        let other: String = row.try_get("other")?;
+        let name = by_id.get(&id).map_or("?", |d| d.dataset_type.name.as_str());
+        let run = by_id.get(&id).map_or("?", |d| d.run.as_str());
+        let reason = match check {
+            MISSING_DIMENSION => {
+                faults.push(Fault::MissingDimension {
+                    id,
+                    dimension: other,
+                });
+                continue;
+            }
+            1 => format!(
+                "dataset {id} already exists in the registry with another dataset type or RUN than {name} in {run}"
+            ),
+            2 => format!(
+                "dataset {id} already exists in the registry with another dataset type or data ID"
+            ),
+            _ => format!(
+                "a {name} dataset with this data ID already exists in {run} as {other}; this message's copy is {id}"
+            ),
+        };
+        faults.push(Fault::Conflict(Conflict { id, reason }));
     }
+    Ok(faults)
+}
+
+/// daf_butler's three import checks as `SELECT id, check_no, other` over the batch `n`.
+fn conflict_checks(ns: &str, table: &Table, dimensions: &[String]) -> Vec<String> {
     let tags = format!("{ns}.{}", ident(&table.name));
-    let definition = record_definition(table, dimensions, &[]);
     let dims_differ = dimensions
         .iter()
         .map(|d| format!("t.{c} IS DISTINCT FROM n.{c}", c = ident(d)))
@@ -268,60 +319,26 @@ async fn find_conflicts(
     } else {
         dims_equal
     };
-    let sql = format!(
-        "WITH n AS (SELECT * FROM jsonb_to_recordset($1) AS x({definition}))
-         SELECT n.id, 1 AS check_no, d.id::text AS other FROM n JOIN {ns}.dataset d ON d.id = n.id
-          WHERE d.dataset_type_id <> n.dataset_type_id OR d.run_id IS DISTINCT FROM n.run_id
-         UNION ALL
-         SELECT n.id, 2, t.dataset_id::text FROM n JOIN {tags} t ON t.dataset_id = n.id
-          WHERE t.dataset_type_id <> n.dataset_type_id OR {dims_differ}
-         UNION ALL
-         SELECT n.id, 3, t.dataset_id::text FROM n JOIN {tags} t
-             ON t.dataset_type_id = n.dataset_type_id AND t.collection_id = n.run_id AND {dims_equal}
-          WHERE t.dataset_id <> n.id"
-    );
-    let payload = rows(datasets, run_ids, |_, _| {});
-    let found = sqlx::query(AssertSqlSafe(sql))
-        .bind(sqlx::types::Json(&payload))
-        .fetch_all(&mut *conn)
-        .await?;
-    let by_id: HashMap<Uuid, &PreparedDataset> = datasets.iter().map(|d| (d.id, *d)).collect();
-    let mut conflicts = Vec::new();
-    for row in found {
-        let id: Uuid = row.try_get("id")?;
-        let check: i32 = row.try_get("check_no")?;
-        let other: String = row.try_get("other")?;
-        let name = by_id.get(&id).map_or("?", |d| d.dataset_type.name.as_str());
-        let run = by_id.get(&id).map_or("?", |d| d.run.as_str());
-        let reason = match check {
-            1 => format!(
-                "dataset {id} already exists in the registry with another dataset type or RUN than {name} in {run}"
-            ),
-            2 => format!(
-                "dataset {id} already exists in the registry with another dataset type or data ID"
-            ),
-            _ => format!(
-                "a {name} dataset with this data ID already exists in {run} as {other}; this message's copy is {id}"
-            ),
-        };
-        conflicts.push(Conflict { id, reason });
-    }
-    Ok(conflicts)
+    vec![
+        format!(
+            "SELECT n.id, 1 AS check_no, d.id::text AS other FROM n JOIN {ns}.dataset d ON d.id = n.id
+              WHERE d.dataset_type_id <> n.dataset_type_id OR d.run_id IS DISTINCT FROM n.run_id"
+        ),
+        format!(
+            "SELECT n.id, 2, t.dataset_id::text FROM n JOIN {tags} t ON t.dataset_id = n.id
+              WHERE t.dataset_type_id <> n.dataset_type_id OR {dims_differ}"
+        ),
+        format!(
+            "SELECT n.id, 3, t.dataset_id::text FROM n JOIN {tags} t
+                 ON t.dataset_type_id = n.dataset_type_id AND t.collection_id = n.run_id AND {dims_equal}
+              WHERE t.dataset_id <> n.id"
+        ),
+    ]
 }
 
-/// Datasets whose data ID names a dimension record the registry does not have (the tags table's
-/// foreign keys would refuse them), with the missing dimension.
-async fn find_missing_dimensions(
-    conn: &mut PgConnection,
-    ns: &str,
-    universe: &Universe,
-    table: &Table,
-    dimensions: &[String],
-    datasets: &[&PreparedDataset],
-) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
-    if datasets.is_empty() {
-        return Ok(Vec::new());
-    }
+/// One `SELECT id, 4, '<dimension>'` per data ID dimension, for the datasets of `n` whose record
+/// of that dimension is not in the registry.
+fn missing_dimension_checks(ns: &str, universe: &Universe, dimensions: &[String]) -> Vec<String> {
     let mut checks = Vec::new();
     for dimension in dimensions {
         let Some(element) = universe.element(dimension) else {
@@ -342,26 +359,10 @@ async fn find_missing_dimensions(
         }
         let dimension_literal = dimension.replace('\'', "''");
         checks.push(format!(
-            "SELECT n.id, '{dimension_literal}' AS dimension FROM n WHERE NOT EXISTS (SELECT 1 FROM {ns}.{} x WHERE {})",
+            "SELECT n.id, {MISSING_DIMENSION}, '{dimension_literal}' FROM n WHERE NOT EXISTS (SELECT 1 FROM {ns}.{} x WHERE {})",
             ident(dimension),
             conditions.join(" AND ")
         ));
     }
-    if checks.is_empty() {
-        return Ok(Vec::new());
-    }
-    let definition = record_definition(table, dimensions, &[]);
-    let sql = format!(
-        "WITH n AS (SELECT * FROM jsonb_to_recordset($1) AS x({definition})) {}",
-        checks.join(" UNION ALL ")
-    );
-    let payload = rows(datasets, &HashMap::new(), |_, _| {});
-    let found = sqlx::query(AssertSqlSafe(sql))
-        .bind(sqlx::types::Json(&payload))
-        .fetch_all(&mut *conn)
-        .await?;
-    found
-        .into_iter()
-        .map(|row| Ok((row.try_get("id")?, row.try_get("dimension")?)))
-        .collect()
+    checks
 }

@@ -3,18 +3,18 @@
 //! table the `dataset` rows, the collection summaries and the tags rows; then
 //! `dataset_location` and the datastore records for files no datastore knows yet.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use butler_repository::{DatabaseError, DatastoreConfig, Doing};
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, PgConnection, Row};
 use tracing::info;
 use uuid::Uuid;
 
 use super::Registry;
 use super::dataset_checks::RunState;
-use super::datasets::{NULL_COMPONENT, PreparedDataset, record_definition, rows};
+use super::datasets::{DatasetColumns, NULL_COMPONENT, PreparedDataset};
 use super::model::{Table, Tables, ident};
 use super::prepare::per_table;
 
@@ -49,15 +49,16 @@ impl Registry {
                 .doing("inserting datasets")?;
             new_ids.extend(inserted);
         }
-        self.insert_file_records(conn, datasets)
+        insert_datastore_rows(conn, &self.namespace_sql, &self.datastores, datasets)
             .await
             .doing("inserting datastore records")?;
         Ok(new_ids)
     }
 
-    /// The registry rows of one tags table's datasets: `dataset` (an existing id is left as it
-    /// is), the collection summaries (before the tags rows, which reference them), the tags rows.
-    /// `ingest_dates` gives the TAI-ns `ingest_date` of each RUN. Returns the ids that were new.
+    /// The registry rows of one tags table's datasets: the collection summaries (which the tags
+    /// rows reference), then `dataset` (an existing id is left as it is) and the tags rows in one
+    /// statement. `ingest_dates` gives the TAI-ns `ingest_date` of each RUN. Returns the ids that
+    /// were new.
     async fn insert_registry_rows(
         &self,
         conn: &mut PgConnection,
@@ -72,43 +73,43 @@ impl Registry {
         };
         let dimensions = &first.dataset_type.dimensions;
         let ns = &self.namespace_sql;
-        let definition = record_definition(table, dimensions, &[("ingest_date", "int8")]);
-        let payload = rows(datasets, runs, |d, row| {
-            row.insert(
-                "ingest_date".into(),
-                ingest_dates
-                    .get(&d.run)
-                    .map_or(Value::Null, |v| Value::from(*v)),
-            );
-        });
-        let source = format!("jsonb_to_recordset($1) AS n({definition})");
-        let new_ids: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "INSERT INTO {ns}.dataset (id, dataset_type_id, run_id, ingest_date)
-             SELECT id, dataset_type_id, run_id, ingest_date FROM {source}
-             ON CONFLICT (id) DO NOTHING RETURNING id"
-        )))
-        .bind(sqlx::types::Json(&payload))
-        .fetch_all(&mut *conn)
-        .await?;
         insert_type_summaries(conn, ns, datasets, runs).await?;
         self.insert_governor_summaries(conn, tables, dimensions, datasets, runs)
             .await?;
+        let dates = datasets
+            .iter()
+            .map(|d| ingest_dates.get(&d.run).copied().unwrap_or_default())
+            .collect();
+        let columns = DatasetColumns::new(table, datasets, runs).with_int8("ingest_date", dates);
         let dimension_list = dimensions
             .iter()
             .map(|d| ident(d))
             .collect::<Vec<_>>()
             .join(", ");
         let separator = if dimension_list.is_empty() { "" } else { ", " };
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {ns}.{tags} (dataset_type_id, dataset_id, collection_id{separator}{dimension_list})
-             SELECT dataset_type_id, id, run_id{separator}{dimension_list} FROM {source}
-             ON CONFLICT (dataset_id, collection_id) DO NOTHING",
+        // Foreign keys are checked at the end of the statement, so the tags rows find the
+        // `dataset` rows the statement itself inserted.
+        let sql = format!(
+            "WITH n AS MATERIALIZED (SELECT * FROM {source}),
+             new AS (
+                 INSERT INTO {ns}.dataset (id, dataset_type_id, run_id, ingest_date)
+                 SELECT id, dataset_type_id, run_id, ingest_date FROM n
+                 ON CONFLICT (id) DO NOTHING RETURNING id),
+             tagged AS (
+                 INSERT INTO {ns}.{tags} (dataset_type_id, dataset_id, collection_id{separator}{dimension_list})
+                 SELECT dataset_type_id, id, run_id{separator}{dimension_list} FROM n
+                 ON CONFLICT (dataset_id, collection_id) DO NOTHING)
+             SELECT id FROM new",
+            source = columns.source(1),
             tags = ident(&table.name)
-        )))
-        .bind(sqlx::types::Json(&payload))
-        .execute(&mut *conn)
-        .await?;
-        Ok(new_ids)
+        );
+        columns
+            .bind(sqlx::query(AssertSqlSafe(sql)))
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect()
     }
 
     /// `collection_summary_<governor>` rows: each RUN's values of each governor dimension
@@ -163,28 +164,6 @@ impl Registry {
             .await?;
         }
         Ok(())
-    }
-
-    /// Datastore rows for files no datastore knows yet: a file with any known dataset is skipped
-    /// whole, as daf_butler's `_partition_datasets_by_known` does.
-    async fn insert_file_records(
-        &self,
-        conn: &mut PgConnection,
-        datasets: &[(usize, &PreparedDataset)],
-    ) -> Result<(), sqlx::Error> {
-        let ids: Vec<Uuid> = datasets.iter().map(|(_, d)| d.id).collect();
-        let known = known_to_datastores(conn, &self.namespace_sql, &self.datastores, &ids).await?;
-        let known_files: HashSet<(usize, usize)> = datasets
-            .iter()
-            .filter(|(_, d)| known.contains(&d.id))
-            .map(|(index, d)| (*index, d.file))
-            .collect();
-        let to_record: Vec<&PreparedDataset> = datasets
-            .iter()
-            .filter(|(index, d)| !known_files.contains(&(*index, d.file)))
-            .map(|(_, d)| *d)
-            .collect();
-        insert_datastore_rows(conn, &self.namespace_sql, &self.datastores, &to_record).await
     }
 }
 
@@ -265,76 +244,87 @@ async fn create_run(conn: &mut PgConnection, ns: &str, run: &str) -> Result<i64,
     Ok(id)
 }
 
-/// The ids among `ids` that some datastore already has records for (`datastore.knows_these`).
-async fn known_to_datastores(
-    conn: &mut PgConnection,
-    ns: &str,
-    datastores: &[DatastoreConfig],
-    ids: &[Uuid],
-) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let mut known = HashSet::new();
-    let tables: BTreeSet<&str> = datastores
-        .iter()
-        .map(|d| d.records_table.as_str())
-        .collect();
-    for table in tables {
-        let sql = format!(
-            "SELECT dataset_id FROM {ns}.{} WHERE dataset_id = ANY($1)",
-            ident(table)
-        );
-        let found: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(ids)
-            .fetch_all(&mut *conn)
-            .await?;
-        known.extend(found);
-    }
-    Ok(known)
-}
-
-/// Inserts `dataset_location` and the records-table rows of each datastore for the datasets of
-/// files no datastore knew (`record_validation_info=False`: no checksum, file size -1).
+/// `dataset_location` and the records-table rows of each datastore (`record_validation_info=False`:
+/// no checksum, file size -1) for the datasets of files no datastore knows, in one statement: its
+/// CTEs all read the registry as it was before any of them wrote, so the files known are those
+/// known before this batch. A dataset is known when a records table has a row for it (one index
+/// probe per dataset, whatever the planner's statistics of a new table say).
 async fn insert_datastore_rows(
     conn: &mut PgConnection,
     ns: &str,
     datastores: &[DatastoreConfig],
-    datasets: &[&PreparedDataset],
+    datasets: &[(usize, &PreparedDataset)],
 ) -> Result<(), sqlx::Error> {
-    if datasets.is_empty() {
+    let names: BTreeSet<&str> = datastores.iter().map(|d| d.name.as_str()).collect();
+    let records_tables: BTreeSet<&str> = datastores
+        .iter()
+        .map(|d| d.records_table.as_str())
+        .collect();
+    if datasets.is_empty() || names.is_empty() {
         return Ok(());
     }
-    let payload = Value::Array(
-        datasets
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "id": d.id.to_string(),
-                    "path": d.path,
-                    "formatter": d.formatter,
-                    "storage_class": d.dataset_type.storage_class,
-                })
-            })
-            .collect(),
+    let ids: Vec<Uuid> = datasets.iter().map(|(_, d)| d.id).collect();
+    // A file is a message's file: (message position, file position).
+    let position = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let messages: Vec<i64> = datasets.iter().map(|(index, _)| position(*index)).collect();
+    let files: Vec<i64> = datasets.iter().map(|(_, d)| position(d.file)).collect();
+    let paths: Vec<&str> = datasets.iter().map(|(_, d)| d.path.as_str()).collect();
+    let formatters: Vec<&str> = datasets.iter().map(|(_, d)| d.formatter.as_str()).collect();
+    let storage_classes: Vec<&str> = datasets
+        .iter()
+        .map(|(_, d)| d.dataset_type.storage_class.as_str())
+        .collect();
+    let known = records_tables
+        .iter()
+        .map(|table| {
+            format!(
+                "SELECT n.message, n.file FROM n, LATERAL (SELECT 1 FROM {ns}.{} r WHERE r.dataset_id = n.id LIMIT 1) AS k",
+                ident(table)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ");
+    // Parameters: $1-$6 the columns, $7 the component, then one per datastore name.
+    let mut writes: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            format!(
+                "location_{i} AS (INSERT INTO {ns}.dataset_location (datastore_name, dataset_id)
+                 SELECT ${}, id FROM todo ON CONFLICT DO NOTHING)",
+                8 + i
+            )
+        })
+        .collect();
+    writes.extend(records_tables.iter().enumerate().map(|(i, table)| {
+        format!(
+            "records_{i} AS (INSERT INTO {ns}.{} (dataset_id, path, formatter, storage_class, component, checksum, file_size)
+             SELECT id, path, formatter, storage_class, $7, NULL, -1 FROM todo
+             ON CONFLICT (dataset_id, component) DO NOTHING)",
+            ident(table)
+        )
+    }));
+    let sql = format!(
+        "WITH n AS MATERIALIZED (
+             SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[])
+             AS n(id, message, file, path, formatter, storage_class)),
+         known AS ({known}),
+         todo AS MATERIALIZED (SELECT * FROM n WHERE (n.message, n.file) NOT IN (SELECT message, file FROM known)),
+         {}
+         SELECT count(*) FROM todo",
+        writes.join(",\n")
     );
-    let source =
-        "jsonb_to_recordset($1) AS n(id uuid, path text, formatter text, storage_class text)";
-    for datastore in datastores {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {ns}.dataset_location (datastore_name, dataset_id) SELECT $2, id FROM {source} ON CONFLICT DO NOTHING"
-        )))
-        .bind(sqlx::types::Json(&payload))
-        .bind(&datastore.name)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {ns}.{records} (dataset_id, path, formatter, storage_class, component, checksum, file_size)
-             SELECT id, path, formatter, storage_class, $2, NULL, -1 FROM {source}
-             ON CONFLICT (dataset_id, component) DO NOTHING",
-            records = ident(&datastore.records_table)
-        )))
-        .bind(sqlx::types::Json(&payload))
-        .bind(NULL_COMPONENT)
-        .execute(&mut *conn)
-        .await?;
+    let mut query = sqlx::query(AssertSqlSafe(sql))
+        .bind(&ids)
+        .bind(&messages)
+        .bind(&files)
+        .bind(&paths)
+        .bind(&formatters)
+        .bind(&storage_classes)
+        .bind(NULL_COMPONENT);
+    for name in &names {
+        query = query.bind(*name);
     }
+    query.execute(&mut *conn).await?;
     Ok(())
 }

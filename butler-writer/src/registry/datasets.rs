@@ -1,6 +1,6 @@
 //! Datasets, prepared without the database: resolved against their registered types, their data
-//! IDs put in tags-table column order, and the JSON rows every dataset statement reads
-//! (`jsonb_to_recordset($1) AS x(<columns>)`). [`super::dataset_checks`] checks them against the
+//! IDs put in tags-table column order, and the columns every dataset statement reads
+//! ([`DatasetColumns`]). [`super::dataset_checks`] checks them against the
 //! registry and [`super::dataset_writes`] inserts them (`butler.ingest(transfer=None,
 //! skip_existing=True, record_validation_info=False)`; `../shared/reference/butler-registry.md`
 //! §2 and §5).
@@ -8,7 +8,10 @@
 use std::collections::{HashMap, HashSet};
 
 use schema::{DataId, DataIdValue, PromptProcessingOutputEvent, SerializedFileDataset};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
 use uuid::Uuid;
 
 use super::dataset_checks::RunState;
@@ -201,53 +204,126 @@ fn check_unique(prepared: &[PreparedDataset]) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The column definitions of the JSON rows sent for one tags table (`x(id uuid, ...)`).
-pub(super) fn record_definition(
-    table: &Table,
-    dimensions: &[String],
-    extra: &[(&str, &str)],
-) -> String {
-    let mut columns = vec![
-        "id uuid".to_owned(),
-        "dataset_type_id int8".to_owned(),
-        "run_id int8".to_owned(),
-    ];
-    for dimension in dimensions {
-        let kind = table
-            .column(dimension)
-            .map_or("text", super::model::Column::record_type);
-        columns.push(format!("{} {kind}", ident(dimension)));
-    }
-    for (name, kind) in extra {
-        columns.push(format!("{} {kind}", ident(name)));
-    }
-    columns.join(", ")
+/// One tags table's datasets as columns, each sent as one binary array parameter and read back
+/// as rows with `unnest(...) AS n(id, dataset_type_id, run_id, <dimensions>, <extra>)`. Arrays
+/// cost the server a fraction of what parsing the same rows as JSON does, and the client builds
+/// them without a JSON tree.
+#[derive(Debug, Clone)]
+pub(super) struct DatasetColumns {
+    ids: Vec<Uuid>,
+    type_ids: Vec<i64>,
+    run_ids: Vec<Option<i64>>,
+    /// The data ID columns, in tags-table order.
+    dimensions: Vec<(String, DimensionColumn)>,
+    /// Further `int8` columns a statement needs (`ingest_date`).
+    extra: Vec<(String, Vec<i64>)>,
 }
 
-/// JSON rows of datasets for one tags table.
-pub(super) fn rows(
-    datasets: &[&PreparedDataset],
-    run_ids: &HashMap<String, RunState>,
-    extra: impl Fn(&PreparedDataset, &mut Map<String, Value>),
-) -> Value {
-    Value::Array(
-        datasets
+/// The values of one data ID dimension: integers or strings, as its tags-table column is.
+#[derive(Debug, Clone)]
+enum DimensionColumn {
+    Integer(Vec<Option<i64>>),
+    Text(Vec<Option<String>>),
+}
+
+impl DatasetColumns {
+    /// The columns of `datasets` (all of one tags table, so of one dimension group), with the
+    /// `collection_id` of each one's RUN where it exists (NULL otherwise).
+    pub(super) fn new(
+        table: &Table,
+        datasets: &[&PreparedDataset],
+        run_ids: &HashMap<String, RunState>,
+    ) -> Self {
+        let names: &[String] = datasets
+            .first()
+            .map_or(&[], |d| d.dataset_type.dimensions.as_slice());
+        let dimensions = names
             .iter()
-            .map(|d| {
-                let mut row = Map::new();
-                row.insert("id".into(), Value::String(d.id.to_string()));
-                row.insert("dataset_type_id".into(), Value::from(d.dataset_type.id));
-                let run_id = match run_ids.get(&d.run) {
-                    Some(RunState::Exists(id)) => Value::from(*id),
-                    _ => Value::Null,
+            .enumerate()
+            .map(|(position, name)| {
+                let integer = table
+                    .column(name)
+                    .is_some_and(super::model::Column::is_integer);
+                let values = datasets.iter().map(|d| d.data_id.get(position));
+                let column = if integer {
+                    DimensionColumn::Integer(values.map(|v| v.and_then(Value::as_i64)).collect())
+                } else {
+                    DimensionColumn::Text(
+                        values
+                            .map(|v| v.and_then(Value::as_str).map(str::to_owned))
+                            .collect(),
+                    )
                 };
-                row.insert("run_id".into(), run_id);
-                for (dimension, value) in d.dataset_type.dimensions.iter().zip(&d.data_id) {
-                    row.insert(dimension.clone(), value.clone());
-                }
-                extra(d, &mut row);
-                Value::Object(row)
+                (name.clone(), column)
             })
-            .collect(),
-    )
+            .collect();
+        Self {
+            ids: datasets.iter().map(|d| d.id).collect(),
+            type_ids: datasets.iter().map(|d| d.dataset_type.id).collect(),
+            run_ids: datasets
+                .iter()
+                .map(|d| match run_ids.get(&d.run) {
+                    Some(RunState::Exists(id)) => Some(*id),
+                    _ => None,
+                })
+                .collect(),
+            dimensions,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds an `int8` column.
+    pub(super) fn with_int8(mut self, name: &str, values: Vec<i64>) -> Self {
+        self.extra.push((name.to_owned(), values));
+        self
+    }
+
+    /// `unnest($1::uuid[], ...) AS n(id, ...)`, its parameters numbered from `$first`.
+    pub(super) fn source(&self, first: usize) -> String {
+        let mut kinds = vec!["uuid", "int8", "int8"];
+        let mut names = vec![
+            "id".to_owned(),
+            "dataset_type_id".to_owned(),
+            "run_id".to_owned(),
+        ];
+        for (name, column) in &self.dimensions {
+            kinds.push(match column {
+                DimensionColumn::Integer(_) => "int8",
+                DimensionColumn::Text(_) => "text",
+            });
+            names.push(ident(name));
+        }
+        for (name, _) in &self.extra {
+            kinds.push("int8");
+            names.push(ident(name));
+        }
+        let arrays = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| format!("${}::{kind}[]", first + i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("unnest({arrays}) AS n({})", names.join(", "))
+    }
+
+    /// Binds the columns, in [`source`](Self::source)'s order.
+    pub(super) fn bind<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        let mut query = query
+            .bind(&self.ids)
+            .bind(&self.type_ids)
+            .bind(&self.run_ids);
+        for (_, column) in &self.dimensions {
+            query = match column {
+                DimensionColumn::Integer(values) => query.bind(values),
+                DimensionColumn::Text(values) => query.bind(values),
+            };
+        }
+        for (_, values) in &self.extra {
+            query = query.bind(values);
+        }
+        query
+    }
 }
