@@ -103,9 +103,15 @@ pub struct ServeArgs {
     #[arg(long, env = "BUTLER_WRITER_BATCH_MAX_BYTES", default_value_t = DEFAULT_BATCH_MAX_BYTES)]
     pub batch_max_bytes: usize,
 
-    /// ...or this many milliseconds after its first message.
+    /// ...or this many milliseconds after its first message...
     #[arg(long, env = "BUTLER_WRITER_BATCH_MAX_WAIT_MS", default_value_t = DEFAULT_BATCH_MAX_WAIT_MS)]
     pub batch_max_wait_ms: u64,
+
+    /// ...or, when eager, as soon as no more messages are waiting while fewer than
+    /// DB_CONCURRENCY batches are in flight, so an idle writer does not wait BATCH_MAX_WAIT_MS
+    /// (`false`: batches close only when full or due).
+    #[arg(long, env = "BUTLER_WRITER_BATCH_EAGER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub batch_eager: bool,
 
     /// Batches in the database at once, each on its own connection.
     #[arg(long, env = "BUTLER_WRITER_DB_CONCURRENCY", default_value_t = DEFAULT_DB_CONCURRENCY)]
@@ -211,6 +217,7 @@ impl ServeArgs {
                 max_messages: self.batch_max_messages,
                 max_bytes: self.batch_max_bytes,
                 max_wait: Duration::from_millis(self.batch_max_wait_ms),
+                eager: self.batch_eager,
             },
             db_concurrency: self.db_concurrency,
             http_address: self.http_address,

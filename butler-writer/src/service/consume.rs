@@ -31,7 +31,7 @@ use service_kit::{CancellationToken, Health};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use super::batch::{Batch, BatchBuilder, InputMessage};
+use super::batch::{Batch, BatchBuilder, InFlight, InputMessage};
 use super::metrics::Metrics;
 
 /// The writer's consumer.
@@ -131,6 +131,11 @@ pub struct ConsumeLoop {
     metrics: Arc<Metrics>,
     /// Waits for room in the channel happen on the runtime, from this thread.
     runtime: tokio::runtime::Handle,
+    /// Batches handed over and not yet done with.
+    in_flight: InFlight,
+    /// Eager closing: a batch closes as soon as no more messages are waiting while fewer than
+    /// this many batches are in flight. `None`: batches close only when full or due.
+    eager_below: Option<usize>,
 }
 
 impl std::fmt::Debug for ConsumeLoop {
@@ -161,6 +166,11 @@ pub struct ConsumeParts {
     pub metrics: Arc<Metrics>,
     /// The runtime to wait on.
     pub runtime: tokio::runtime::Handle,
+    /// Batches handed over and not yet done with (the pipeline drops them).
+    pub in_flight: InFlight,
+    /// Close a batch as soon as no more messages are waiting while fewer than this many batches
+    /// are in flight (the database concurrency); `None` to close only when full or due.
+    pub eager_below: Option<usize>,
 }
 
 impl ConsumeLoop {
@@ -178,6 +188,8 @@ impl ConsumeLoop {
             health: parts.health,
             metrics: parts.metrics,
             runtime: parts.runtime,
+            in_flight: parts.in_flight,
+            eager_below: parts.eager_below,
         }
     }
 
@@ -206,9 +218,12 @@ impl ConsumeLoop {
                 let _ = self.consumer.poll(POLL_AT_MOST);
                 continue;
             }
-            self.poll_once();
+            let room = self.pipeline_has_room();
+            let arrived = self.poll_once(room);
             let now = Instant::now();
-            if self.held.is_none() && self.builder.is_due(now) {
+            // Eager: the pipeline could start this batch now and nothing more is waiting.
+            let eager = room && !arrived && !self.builder.is_empty();
+            if self.held.is_none() && (eager || self.builder.is_due(now)) {
                 self.held = self.builder.take(now);
             }
         }
@@ -253,6 +268,8 @@ impl ConsumeLoop {
         let Some(sender) = self.batches.clone() else {
             return Next::Leave;
         };
+        let mut batch = batch;
+        batch.in_flight = Some(self.in_flight.enter());
         match sender.try_send(batch) {
             Ok(()) => {
                 if self.paused.take().is_some() && !self.stopping {
@@ -260,7 +277,8 @@ impl ConsumeLoop {
                 }
                 Next::Poll
             }
-            Err(mpsc::error::TrySendError::Full(batch)) => {
+            Err(mpsc::error::TrySendError::Full(mut batch)) => {
+                batch.in_flight = None;
                 let waited = batch.closed_at.elapsed();
                 self.held = Some(batch);
                 if self.paused == Some(generation) || self.stopping {
@@ -295,9 +313,21 @@ impl ConsumeLoop {
         });
     }
 
-    /// Polls once (at most until the open batch is due) and adds what arrived to the batch.
-    fn poll_once(&mut self) {
-        let timeout = self.builder.time_left(Instant::now(), POLL_AT_MOST);
+    /// Whether the pipeline could start a batch at once (eager closing only).
+    fn pipeline_has_room(&self) -> bool {
+        self.eager_below
+            .is_some_and(|limit| self.held.is_none() && self.in_flight.count() < limit)
+    }
+
+    /// Polls once and adds what arrived to the batch; `true` if a message arrived. Waits at most
+    /// until the open batch is due, and not at all when `room` and a batch is open: only
+    /// messages already fetched join it then.
+    fn poll_once(&mut self, room: bool) -> bool {
+        let timeout = if room && !self.builder.is_empty() {
+            Duration::ZERO
+        } else {
+            self.builder.time_left(Instant::now(), POLL_AT_MOST)
+        };
         match self.consumer.poll(timeout) {
             Some(Ok(message)) => {
                 self.metrics.messages_consumed.inc();
@@ -310,6 +340,7 @@ impl ConsumeLoop {
                     timestamp_ms: message.timestamp().to_millis(),
                 };
                 self.builder.push(generation, input, Instant::now());
+                return true;
             }
             Some(Err(error)) => {
                 let code = error.rdkafka_error_code();
@@ -327,6 +358,7 @@ impl ConsumeLoop {
             }
             None => {}
         }
+        false
     }
 }
 

@@ -51,7 +51,7 @@ use tracing::{error, info, warn};
 
 pub use settings::{DeliveryMode, Settings};
 
-use self::batch::{Batch, BatchBuilder};
+use self::batch::{Batch, BatchBuilder, InFlight};
 use self::consume::{ConsumeLoop, ConsumeParts, Generations, WriterConsumer};
 use self::delivery::{Delivery, DeliveryError};
 use self::faults::{FaultInjector, InjectedFault, NoFaults};
@@ -206,6 +206,8 @@ impl Service {
             health: Arc::clone(&health),
             metrics: Arc::clone(&metrics),
             runtime: tokio::runtime::Handle::current(),
+            in_flight: InFlight::default(),
+            eager_below: settings.batch.eager.then_some(settings.db_concurrency),
         });
         let consume_thread = std::thread::Builder::new()
             .name("consume-loop".to_owned())

@@ -30,8 +30,11 @@ pub struct BatchSettings {
     pub max_messages: usize,
     /// ...or this many bytes of message values (a larger message makes a batch of its own)...
     pub max_bytes: usize,
-    /// ...or this long after its first message arrived.
+    /// ...or this long after its first message arrived...
     pub max_wait: Duration,
+    /// ...or, when eager, as soon as no more messages are waiting while fewer than
+    /// `db_concurrency` batches are in flight: an idle writer does not wait `max_wait`.
+    pub eager: bool,
 }
 
 /// Everything the service runs with.
@@ -105,6 +108,7 @@ impl Settings {
                 max_messages: DEFAULT_BATCH_MAX_MESSAGES,
                 max_bytes: DEFAULT_BATCH_MAX_BYTES,
                 max_wait: Duration::from_millis(DEFAULT_BATCH_MAX_WAIT_MS),
+                eager: true,
             },
             db_concurrency: DEFAULT_DB_CONCURRENCY,
             http_address: SocketAddr::from(([0, 0, 0, 0], 8080)),
