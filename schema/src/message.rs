@@ -372,6 +372,11 @@ fn decode<T: DeserializeOwned>(
     expected_type: &'static str,
     bytes: &[u8],
 ) -> Result<T, DecodeError> {
+    // The plain decoder first: tracking the path costs about as much as decoding, and only an
+    // error needs it, so a value that fails is decoded again with the path kept.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let decoded = serde_path_to_error::deserialize(&mut de)
         .map_err(|e| DecodeError::from_json(what, e))

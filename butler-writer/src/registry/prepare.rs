@@ -60,11 +60,12 @@ pub fn prepare(
     rejections: &mut Rejections,
 ) -> Vec<PreparedMessage> {
     let mut prepared = Vec::with_capacity(events.len());
+    let mut envelopes = records::Envelopes::default();
     for (index, event) in events {
         let records: Result<Vec<PreparedRecord>, _> = event
             .dimension_records
             .iter()
-            .map(|r| records::prepare(universe, &layout.tables, htm, r))
+            .map(|r| records::prepare(universe, &layout.tables, htm, &mut envelopes, r))
             .collect();
         let result = records.and_then(|records| {
             datasets::prepare(event, &layout.dataset_types, &layout.tables)

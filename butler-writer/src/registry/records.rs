@@ -4,6 +4,8 @@
 //! by column name, which `jsonb_populate_recordset` converts to each column's type) and the HTM
 //! pixels of their skypix overlap rows. [`super::dimension_writes`] inserts them.
 
+use std::collections::HashMap;
+
 use schema::htm::HtmPixelization;
 use schema::{RecordValue, Region, SerializedDimensionRecord};
 use serde_json::{Map, Value};
@@ -19,6 +21,12 @@ pub const MAX_REGION_VERTICES: usize = 256;
 
 /// A message fault found while preparing it: the reason class and the text.
 pub type Refusal = (RejectReason, String);
+
+/// HTM envelopes already computed in a batch, by region (hex, as on the wire). Every message of
+/// a visit carries the same visit record, and the envelope of its region is most of the cost of
+/// preparing a message: computed once per batch instead of once per message.
+#[derive(Debug, Default)]
+pub struct Envelopes(HashMap<String, Vec<u64>>);
 
 /// One dimension record, ready to insert.
 #[derive(Debug, Clone)]
@@ -43,6 +51,7 @@ pub fn prepare(
     universe: &Universe,
     tables: &Tables,
     htm: &HtmPixelization,
+    envelopes: &mut Envelopes,
     record: &SerializedDimensionRecord,
 ) -> Result<PreparedRecord, Refusal> {
     let name = record.definition.as_str();
@@ -80,7 +89,7 @@ pub fn prepare(
         .collect::<Vec<_>>()
         .join("\u{1f}");
     let (overlaps, overlap_keys) = if element.spatial {
-        overlap_rows(element, htm, &row, region.as_ref())
+        overlap_rows(element, htm, envelopes, &row, region)
     } else {
         (Vec::new(), Map::new())
     };
@@ -97,11 +106,11 @@ pub fn prepare(
 /// The record's table row (column name to value) and its region, checked field by field:
 /// daf_butler's record models forbid extra fields, require every declared one and type each
 /// strictly.
-fn record_row(
+fn record_row<'r>(
     element: &Element,
     table: &Table,
-    record: &SerializedDimensionRecord,
-) -> Result<(Map<String, Value>, Option<Region>), Refusal> {
+    record: &'r SerializedDimensionRecord,
+) -> Result<(Map<String, Value>, Option<&'r str>), Refusal> {
     let name = element.name.as_str();
     let refusal = |conversion: Conversion| match conversion {
         Conversion::Invalid(text) => (
@@ -121,7 +130,7 @@ fn record_row(
         }
     }
     let mut row = Map::with_capacity(element.fields.len());
-    let mut region: Option<Region> = None;
+    let mut region: Option<&str> = None;
     for field in &element.fields {
         let Some(value) = record.record.get(&field.name) else {
             return Err(refusal(Conversion::Invalid(format!(
@@ -134,25 +143,41 @@ fn record_row(
         if field.field_type == FieldType::Region
             && let RecordValue::String(hex) = value
         {
-            region = Region::from_hex(hex).ok();
+            region = Some(hex);
         }
         row.insert(field.name.clone(), converted);
     }
     Ok((row, region))
 }
 
-/// The HTM pixels of a spatial record's region at the universe's common level, and the
-/// required-dimension columns of its overlap rows with their values.
+/// The HTM pixels of a spatial record's region (hex, already checked by [`convert_region`]) at
+/// the universe's common level, and the required-dimension columns of its overlap rows with
+/// their values.
 fn overlap_rows(
     element: &Element,
     htm: &HtmPixelization,
+    envelopes: &mut Envelopes,
     row: &Map<String, Value>,
-    region: Option<&Region>,
+    region: Option<&str>,
 ) -> (Vec<u64>, Map<String, Value>) {
-    let mut overlaps = Vec::new();
-    if let Some(polygon) = region.and_then(Region::as_convex_polygon) {
-        htm.envelope_into(polygon, &mut overlaps);
-    }
+    let overlaps = match region {
+        Some(hex) => envelopes
+            .0
+            .entry(hex.to_owned())
+            .or_insert_with(|| {
+                let mut pixels = Vec::new();
+                if let Some(polygon) = Region::from_hex(hex)
+                    .ok()
+                    .as_ref()
+                    .and_then(Region::as_convex_polygon)
+                {
+                    htm.envelope_into(polygon, &mut pixels);
+                }
+                pixels
+            })
+            .clone(),
+        None => Vec::new(),
+    };
     let mut keys = Map::new();
     for dimension in &element.required {
         if let Some(field) = element.field_for_dimension(dimension)
