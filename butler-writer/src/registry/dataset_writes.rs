@@ -55,10 +55,11 @@ impl Registry {
         Ok(new_ids)
     }
 
-    /// The registry rows of one tags table's datasets: the collection summaries (which the tags
-    /// rows reference), then `dataset` (an existing id is left as it is) and the tags rows in one
-    /// statement. `ingest_dates` gives the TAI-ns `ingest_date` of each RUN. Returns the ids that
-    /// were new.
+    /// The registry rows of one tags table's datasets in one statement: the collection
+    /// summaries, `dataset` (an existing id is left as it is) and the tags rows, each `INSERT` a
+    /// CTE. Foreign keys are checked at the end of the statement, so the tags rows find the
+    /// summaries and `dataset` rows the statement itself wrote. `ingest_dates` gives the TAI-ns
+    /// `ingest_date` of each RUN. Returns the ids that were new.
     async fn insert_registry_rows(
         &self,
         conn: &mut PgConnection,
@@ -73,24 +74,30 @@ impl Registry {
         };
         let dimensions = &first.dataset_type.dimensions;
         let ns = &self.namespace_sql;
-        insert_type_summaries(conn, ns, datasets, runs).await?;
-        self.insert_governor_summaries(conn, tables, dimensions, datasets, runs)
-            .await?;
         let dates = datasets
             .iter()
             .map(|d| ingest_dates.get(&d.run).copied().unwrap_or_default())
             .collect();
         let columns = DatasetColumns::new(table, datasets, runs).with_int8("ingest_date", dates);
+        let mut summaries = vec![type_summaries(ns, datasets, runs)];
+        summaries.extend(self.governor_summaries(tables, dimensions, datasets, runs));
+        let summary_ctes: String = summaries
+            .iter()
+            .enumerate()
+            .map(|(i, (insert, _))| {
+                let parameter = format!("${}", columns.parameters() + 1 + i);
+                format!("summary_{i} AS ({}),\n", insert.replace("$?", &parameter))
+            })
+            .collect();
         let dimension_list = dimensions
             .iter()
             .map(|d| ident(d))
             .collect::<Vec<_>>()
             .join(", ");
         let separator = if dimension_list.is_empty() { "" } else { ", " };
-        // Foreign keys are checked at the end of the statement, so the tags rows find the
-        // `dataset` rows the statement itself inserted.
         let sql = format!(
             "WITH n AS MATERIALIZED (SELECT * FROM {source}),
+             {summary_ctes}
              new AS (
                  INSERT INTO {ns}.dataset (id, dataset_type_id, run_id, ingest_date)
                  SELECT id, dataset_type_id, run_id, ingest_date FROM n
@@ -103,8 +110,11 @@ impl Registry {
             source = columns.source(1),
             tags = ident(&table.name)
         );
-        columns
-            .bind(sqlx::query(AssertSqlSafe(sql)))
+        let mut query = columns.bind(sqlx::query(AssertSqlSafe(sql)));
+        for (_, rows) in &summaries {
+            query = query.bind(sqlx::types::Json(rows));
+        }
+        query
             .fetch_all(&mut *conn)
             .await?
             .iter()
@@ -114,15 +124,15 @@ impl Registry {
 
     /// `collection_summary_<governor>` rows: each RUN's values of each governor dimension
     /// (`instrument`) the datasets' type has. A handful of distinct rows, computed here rather
-    /// than by the server from the whole batch.
-    async fn insert_governor_summaries(
+    /// than by the server from the whole batch. Each `INSERT` reads its rows from `$?`.
+    fn governor_summaries(
         &self,
-        conn: &mut PgConnection,
         tables: &Tables,
         dimensions: &[String],
         datasets: &[&PreparedDataset],
         runs: &HashMap<String, RunState>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Vec<(String, Value)> {
+        let mut summaries = Vec::new();
         for governor in self
             .universe
             .governors()
@@ -151,19 +161,19 @@ impl Registry {
             let kind = summary_table
                 .column(governor)
                 .map_or("text", super::model::Column::record_type);
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {ns}.{table} (collection_id, {column})
-                 SELECT collection_id, value FROM jsonb_to_recordset($1) AS n(collection_id int8, value {kind})
-                 ON CONFLICT DO NOTHING",
-                ns = self.namespace_sql,
-                table = ident(&summary),
-                column = ident(governor),
-            )))
-            .bind(sqlx::types::Json(&rows))
-            .execute(&mut *conn)
-            .await?;
+            summaries.push((
+                format!(
+                    "INSERT INTO {ns}.{table} (collection_id, {column})
+                     SELECT collection_id, value FROM jsonb_to_recordset($?) AS s(collection_id int8, value {kind})
+                     ON CONFLICT DO NOTHING",
+                    ns = self.namespace_sql,
+                    table = ident(&summary),
+                    column = ident(governor),
+                ),
+                rows,
+            ));
         }
-        Ok(())
+        summaries
     }
 }
 
@@ -175,13 +185,12 @@ fn run_id(runs: &HashMap<String, RunState>, dataset: &PreparedDataset) -> Option
     }
 }
 
-/// `collection_summary_dataset_type` rows: each RUN's dataset types.
-async fn insert_type_summaries(
-    conn: &mut PgConnection,
+/// `collection_summary_dataset_type` rows (each RUN's dataset types), read from `$?`.
+fn type_summaries(
     ns: &str,
     datasets: &[&PreparedDataset],
     runs: &HashMap<String, RunState>,
-) -> Result<(), sqlx::Error> {
+) -> (String, Value) {
     let pairs: BTreeSet<(i64, i64)> = datasets
         .iter()
         .filter_map(|d| run_id(runs, d).map(|run| (run, d.dataset_type.id)))
@@ -192,15 +201,14 @@ async fn insert_type_summaries(
             .map(|(run, type_id)| serde_json::json!({"collection_id": run, "dataset_type_id": type_id}))
             .collect(),
     );
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {ns}.collection_summary_dataset_type (collection_id, dataset_type_id)
-         SELECT collection_id, dataset_type_id FROM jsonb_to_recordset($1) AS n(collection_id int8, dataset_type_id int8)
-         ON CONFLICT DO NOTHING"
-    )))
-    .bind(sqlx::types::Json(&rows))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    (
+        format!(
+            "INSERT INTO {ns}.collection_summary_dataset_type (collection_id, dataset_type_id)
+             SELECT collection_id, dataset_type_id FROM jsonb_to_recordset($?) AS s(collection_id int8, dataset_type_id int8)
+             ON CONFLICT DO NOTHING"
+        ),
+        rows,
+    )
 }
 
 /// Now, as daf_butler stamps `ingest_date`: TAI nanoseconds since 1970-01-01 TAI, at microsecond

@@ -278,6 +278,11 @@ impl DatasetColumns {
         self
     }
 
+    /// How many parameters [`source`](Self::source) takes.
+    pub(super) fn parameters(&self) -> usize {
+        3 + self.dimensions.len() + self.extra.len()
+    }
+
     /// `unnest($1::uuid[], ...) AS n(id, ...)`, its parameters numbered from `$first`.
     pub(super) fn source(&self, first: usize) -> String {
         let mut kinds = vec!["uuid", "int8", "int8"];
