@@ -13,6 +13,9 @@ pub struct PoolSettings {
     pub auth_file: Option<PathBuf>,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// Connections opened at start and kept open: a service that uses a fixed number at once
+    /// keeps that many, so its first batches do not pay for connecting.
+    pub min_connections: u32,
     /// How long to wait for a connection before calling the database unavailable.
     pub acquire_timeout: Duration,
 }
@@ -22,6 +25,7 @@ impl Default for PoolSettings {
         Self {
             auth_file: crate::db_auth::default_auth_file(),
             max_connections: 4,
+            min_connections: 0,
             acquire_timeout: Duration::from_secs(10),
         }
     }
@@ -34,8 +38,10 @@ pub async fn open_pool(
     options: PgConnectOptions,
     settings: &PoolSettings,
 ) -> Result<PgPool, sqlx::Error> {
+    let max = settings.max_connections.max(1);
     PgPoolOptions::new()
-        .max_connections(settings.max_connections.max(1))
+        .max_connections(max)
+        .min_connections(settings.min_connections.min(max))
         .acquire_timeout(settings.acquire_timeout)
         .connect_with(options)
         .await

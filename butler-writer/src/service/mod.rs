@@ -330,10 +330,12 @@ async fn supervise(s: Supervised) -> Result<(), ServiceError> {
 async fn open_registry(settings: &Settings, health: &Health) -> Result<Registry, ServiceError> {
     let config = ButlerConfig::load(&settings.butler_repository).await?;
     // One connection per batch in the database, and one more for health checks and the
-    // statistics refresh.
+    // statistics refresh; those of the batches opened at start and kept, so that the first
+    // batches after start-up (or after a quiet hour) do not wait for a connection.
     let concurrency = u32::try_from(settings.db_concurrency).unwrap_or(16);
     let pool = PoolSettings {
         max_connections: settings.database.max_connections.max(concurrency + 1),
+        min_connections: concurrency,
         ..settings.database.clone()
     };
     let mut backoff = Backoff::new(settings.retry);
