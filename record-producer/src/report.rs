@@ -287,6 +287,11 @@ impl Report {
             "latency      send -> batch-ingested: p50 {:.3} s  p90 {:.3} s  p99 {:.3} s  max {:.3} s",
             l.p50, l.p90, l.p99, l.max
         );
+        let _ = writeln!(
+            s,
+            "             (send: this host's wall clock when a message is handed to the producer, which \
+             is ready before the first; batch-ingested: the event's Kafka timestamp, the writer host's wall clock)"
+        );
         if let Some(p) = &self.publication {
             let _ = writeln!(
                 s,

@@ -21,13 +21,14 @@ mod progress;
 mod publication;
 mod send;
 mod topics;
+mod warm;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::util::Timeout;
 use service_kit::kafka::{KafkaCallError, failed};
 use service_kit::{CancellationToken, ConfigError, KafkaSettings};
@@ -40,6 +41,7 @@ pub use self::topics::create_topics;
 use self::events::EventReader;
 use self::progress::Progress;
 use self::send::Sender;
+use self::warm::{LoadProducer, ProducerState};
 use crate::focal_plane::DETECTORS;
 use crate::messages::DatasetTypeSpec;
 use crate::report::{Report, Timeline};
@@ -263,11 +265,13 @@ async fn send(
     plan.retain(|s| s.detector < settings.detectors);
     let expected = plan.len() as u64 * settings.dataset_types.len() as u64;
     let progress = Progress::start(settings.progress, expected, tracker.clone());
-    let producer: FutureProducer = settings
+    let state = ProducerState::default();
+    let producer: LoadProducer = settings
         .kafka
-        .producer_config(CLIENT_ID, &[])
-        .create()
+        .producer_config(CLIENT_ID, &warm::PRODUCER_PROPERTIES)
+        .create_with_context(state.clone())
         .map_err(failed("creating the Kafka producer"))?;
+    warm::warm_up(&producer, &state, &settings.topic).await;
     let started = Instant::now();
     let send_result = match Sender::new(settings, &producer, tracker) {
         Ok(sender) => sender.send_all(&visits, &plan).await,

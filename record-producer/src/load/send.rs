@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use resources::ResourcePath;
 use schema::PromptProcessingOutputEvent;
 use tokio::task::JoinSet;
 use tracing::warn;
 use uuid::Uuid;
 
+use super::warm::LoadProducer;
 use super::{LoadError, LoadSettings, Mode, lock, now_ms};
 use crate::focal_plane::{VisitRegions, visit_regions};
 use crate::messages::{WorkerOutput, dataset_ids, default_run};
@@ -25,7 +26,7 @@ use crate::tracker::{MessageKind, Tracker};
 /// Sends a run's messages and keeps what it needs while it does.
 pub(super) struct Sender<'a> {
     settings: &'a LoadSettings,
-    producer: &'a FutureProducer,
+    producer: &'a LoadProducer,
     tracker: &'a Arc<Mutex<Tracker>>,
     /// The delivery-report waiters.
     waiters: JoinSet<()>,
@@ -41,7 +42,7 @@ impl<'a> Sender<'a> {
     /// A sender for `settings`, opening the message log and the datastore root it names.
     pub(super) fn new(
         settings: &'a LoadSettings,
-        producer: &'a FutureProducer,
+        producer: &'a LoadProducer,
         tracker: &'a Arc<Mutex<Tracker>>,
     ) -> Result<Self, LoadError> {
         let datastore = settings
