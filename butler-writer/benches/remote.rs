@@ -6,6 +6,8 @@
 //!     eval "$(deploy/local/stack env)"
 //!     cargo bench -p butler-writer --bench remote
 //!
+//! `BENCH_WRITER_BIN=path/to/butler-writer` measures another build (before/after comparisons).
+//!
 //! The grid, from the environment (comma-separated lists):
 //! - `BENCH_RTT_MS`: added round-trip times in milliseconds (default `0,1,5`); half of each is
 //!   added each way. RTT 0 goes through the same proxy with no delay, so a ratio to it is the
@@ -35,7 +37,6 @@
     missing_docs
 )]
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -157,7 +158,7 @@ async fn run_cell(env: &TestEnv, cell: Cell, messages: &[Value], datasets: usize
     let proxied = round_trip(&registry.database_url_through(&proxy).expect("proxied URL")).await;
     let measured_ms = (proxied - direct).as_secs_f64() * 1000.0;
     let mut writer = ServeWriter::start(
-        Path::new(env!("CARGO_BIN_EXE_butler-writer")),
+        &service_bench::writer_binary(env!("CARGO_BIN_EXE_butler-writer")),
         env,
         &butler_config,
         &topics,

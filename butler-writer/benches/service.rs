@@ -6,6 +6,8 @@
 //!     eval "$(deploy/local/stack env)"
 //!     cargo bench -p butler-writer --bench service   # BENCH_DATASETS=N (default 100000)
 //!
+//! `BENCH_WRITER_BIN=path/to/butler-writer` measures another build (before/after comparisons).
+//!
 //! Reported: datasets per second from the writer's first commit to its last (sustained), the
 //! same over the whole run including start-up and joining the group, the writer's peak RSS
 //! (VmHWM) and CPU time; then it reconciles: every dataset sent is in the registry exactly once
@@ -26,7 +28,6 @@
     missing_docs
 )]
 
-use std::path::Path;
 use std::time::Instant;
 
 use test_support::service_bench::{self, PARTITIONS, ServeWriter};
@@ -59,7 +60,7 @@ async fn main() {
     // writes lies between this mark and the one taken when it has stopped.
     let from = copy_floor::mark(&registry).await.expect("mark");
     let mut writer = ServeWriter::start(
-        Path::new(env!("CARGO_BIN_EXE_butler-writer")),
+        &service_bench::writer_binary(env!("CARGO_BIN_EXE_butler-writer")),
         &env,
         &registry.butler_config,
         &topics,

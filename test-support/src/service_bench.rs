@@ -111,6 +111,18 @@ pub struct Drained {
     pub cpu_seconds: f64,
 }
 
+/// The writer binary a benchmark measures: `BENCH_WRITER_BIN` when set (another build, for a
+/// before/after comparison in the same conditions), else `this_build`
+/// (`env!("CARGO_BIN_EXE_butler-writer")`).
+pub fn writer_binary(this_build: &str) -> std::path::PathBuf {
+    std::env::var_os("BENCH_WRITER_BIN")
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || std::path::PathBuf::from(this_build),
+            std::path::PathBuf::from,
+        )
+}
+
 impl ServeWriter {
     /// Starts `binary` (`env!("CARGO_BIN_EXE_butler-writer")` in a benchmark) with `serve` on
     /// `topics`, the registry of `butler_config`, batch files into `directory`, the delivery mode
