@@ -315,6 +315,62 @@ fn metric(exposition: &str, name: &str) -> f64 {
 }
 
 #[tokio::test]
+async fn an_idle_writer_takes_a_message_at_once_and_a_busy_one_lets_batches_fill() {
+    let Fixture {
+        env,
+        registry,
+        topics,
+        dir,
+    } = fixture(1).await;
+    let factory = MessageFactory::load();
+    // A backlog before the start: one database connection, so batches fill while one is in.
+    let backlog = to_lines(&factory.batch(8_210_000, 180));
+    produce(env.kafka_bootstrap(), &topics.input, &backlog, Some(0)).await;
+    let mut settings = env_settings(&env, &registry, &topics, dir.path());
+    // A wait far longer than the test: only eager closing can close a lone message's batch.
+    settings.batch.max_wait = Duration::from_secs(60);
+    settings.db_concurrency = 1;
+    assert!(settings.batch.eager, "eager closing is the default");
+    let service = start(settings).await;
+    wait_for_datasets(
+        &env,
+        &topics.events,
+        dir.path(),
+        &ids_of(&backlog),
+        Duration::from_secs(60),
+    )
+    .await;
+    let batches = metric(
+        &service.metrics().render(),
+        "butler_writer_batch_messages_count",
+    );
+    assert!(
+        batches <= 10.0,
+        "{batches} batches for a backlog of {} messages",
+        backlog.len()
+    );
+
+    // Idle now: a lone message is ingested and announced without waiting for company.
+    let lone = to_lines(&factory.batch(8_210_100, 3));
+    let sent = Instant::now();
+    produce(env.kafka_bootstrap(), &topics.input, &lone, Some(0)).await;
+    wait_for_datasets(
+        &env,
+        &topics.events,
+        dir.path(),
+        &ids_of(&lone),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "a lone message took {:?} with a 60 s batch wait",
+        sent.elapsed()
+    );
+    stop(service).await;
+}
+
+#[tokio::test]
 async fn a_restart_resumes_from_the_committed_offsets() {
     let Fixture {
         env,

@@ -194,6 +194,22 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_counts_as_in_flight_until_it_is_dropped() {
+        let in_flight = InFlight::default();
+        let mut builder = BatchBuilder::new(10, 1 << 20, Duration::from_secs(1));
+        builder.push(0, message(1), Instant::now());
+        let mut batch = builder.take(Instant::now()).expect("a batch");
+        assert_eq!(in_flight.count(), 0);
+        batch.in_flight = Some(in_flight.enter());
+        let other = in_flight.enter();
+        assert_eq!(in_flight.count(), 2);
+        drop(batch);
+        assert_eq!(in_flight.count(), 1);
+        drop(other);
+        assert_eq!(in_flight.count(), 0);
+    }
+
+    #[test]
     fn a_batch_closes_when_full() {
         let start = Instant::now();
         let mut builder = BatchBuilder::new(3, usize::MAX, Duration::from_secs(60));

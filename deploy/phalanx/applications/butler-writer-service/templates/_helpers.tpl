@@ -173,6 +173,8 @@ The writer's environment, shared by the StatefulSet and the replay Job.
   value: {{ .Values.batch.maxBytes | int64 | quote }}
 - name: BUTLER_WRITER_BATCH_MAX_WAIT_MS
   value: {{ .Values.batch.maxWaitMs | quote }}
+- name: BUTLER_WRITER_BATCH_EAGER
+  value: {{ .Values.batch.eager | quote }}
 - name: BUTLER_WRITER_DB_CONCURRENCY
   value: {{ .Values.database.concurrency | quote }}
 - name: BUTLER_WRITER_DB_MAX_CONNECTIONS
