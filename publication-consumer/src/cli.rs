@@ -3,7 +3,8 @@
 //! The Kafka and repository variables are the Butler Writer's (`BUTLER_REPOSITORY`,
 //! `KAFKA_CLUSTER`, `KAFKA_TOPIC`, `KAFKA_USERNAME`, `KAFKA_PASSWORD`,
 //! `OUTPUT_DATASET_LIST_DIRECTORY`), so one deployment's values serve both; the consumer's own
-//! are `PUBLICATION_*`, `KAFKA_GROUP_ID` and `EMBARGO_HOURS`.
+//! are `PUBLICATION_*` and `KAFKA_GROUP_ID`. The embargo comes from the release policy
+//! (`PUBLICATION_POLICY_FILE`); the former `EMBARGO_HOURS` is refused with a pointer to it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,9 +21,9 @@ use service_kit::{ConfigError, KafkaVariables, RetrySettings};
 
 use crate::Service;
 use crate::clock::Clock;
+use crate::policy::Policy;
 use crate::settings::{
-    DEFAULT_BATCH_FILE_WAIT_SECONDS, DEFAULT_EMBARGO_HOURS, DEFAULT_GROUP_ID, DEFAULT_ORIGIN,
-    DEFAULT_SCHEMA, Settings, hours,
+    DEFAULT_BATCH_FILE_WAIT_SECONDS, DEFAULT_GROUP_ID, DEFAULT_ORIGIN, DEFAULT_SCHEMA, Settings,
 };
 
 /// The broker variables: the writer's, so one deployment's values serve both; the protocol and
@@ -108,9 +109,22 @@ pub struct ServeArgs {
     #[arg(long, env = "PUBLICATION_SCHEMA", default_value = DEFAULT_SCHEMA)]
     pub schema: String,
 
-    /// Hours after the end of the observation a dataset stays embargoed.
-    #[arg(long, env = "EMBARGO_HOURS", default_value_t = DEFAULT_EMBARGO_HOURS)]
-    pub embargo_hours: f64,
+    /// The release policy, a YAML file of profiles (embargo hours, publish to public, retention
+    /// days, dataset types) per origin; the deployed table (built in) when not set.
+    #[arg(long, env = "PUBLICATION_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// Release datasets that have an exposure but no visit from the end of their exposure; the
+    /// deployed service never releases them.
+    #[arg(
+        long,
+        env = "PUBLICATION_RELEASE_EXPOSURE_ONLY",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub release_exposure_only: bool,
 
     /// Accepted event origins, comma-separated; others are recorded as failed and skipped.
     #[arg(long, env = "PUBLICATION_ORIGINS", value_delimiter = ',', default_value = DEFAULT_ORIGIN)]
@@ -165,8 +179,18 @@ impl ServeArgs {
     /// Validated settings, or one line saying what to change.
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
         let kafka = self.kafka.into_settings()?;
-        let embargo = hours(self.embargo_hours)
-            .ok_or_else(|| ConfigError::new("EMBARGO_HOURS must be a number of hours >= 0"))?;
+        if std::env::var_os("EMBARGO_HOURS").is_some() {
+            return Err(ConfigError::new(
+                "EMBARGO_HOURS is no longer read: the embargo of each dataset type comes from \
+                 the release policy (PUBLICATION_POLICY_FILE; the deployed table by default)",
+            ));
+        }
+        let mut policy = match &self.policy_file {
+            Some(path) => Policy::load(path)
+                .map_err(|e| ConfigError::new(format!("PUBLICATION_POLICY_FILE: {e}")))?,
+            None => Policy::deployed(),
+        };
+        policy.release_exposure_only = self.release_exposure_only;
         let mut database = PoolSettings {
             max_connections: self.db_max_connections,
             ..PoolSettings::default()
@@ -186,7 +210,7 @@ impl ServeArgs {
                 .map(SecretString::from),
             schema: self.schema,
             database,
-            embargo,
+            policy,
             origins: self
                 .origins
                 .into_iter()
@@ -263,11 +287,36 @@ mod tests {
         assert_eq!(settings.topic, "butler-writer-ingestion-events");
         assert_eq!(settings.group_id, "publication-consumer");
         assert_eq!(settings.schema, "publication_consumer");
-        assert_eq!(settings.embargo.as_secs(), 80 * 3600);
+        assert_eq!(settings.policy, crate::policy::Policy::deployed());
+        assert!(!settings.policy.release_exposure_only);
         assert_eq!(settings.batch_file_wait.as_secs(), 600);
         assert_eq!(settings.origins, vec!["prompt_processing".to_owned()]);
         assert_eq!(settings.http_address.port(), 8080);
         assert!(settings.database_url.is_none());
+    }
+
+    #[test]
+    fn a_policy_file_and_the_exposure_option_are_read() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(
+            &path,
+            "profiles:\n  - {name: all, origin: prompt_processing, embargo_hours: 0, \
+             publish_to_public: false, retention_days: 7, dataset_types: [isr_statistics]}\n",
+        )
+        .expect("write");
+        let mut args = REQUIRED.to_vec();
+        let path = path.display().to_string();
+        args.extend(["--policy-file", &path, "--release-exposure-only"]);
+        let settings = parse(&args).expect("valid");
+        assert_eq!(
+            settings.policy.len(crate::policy::Origin::PromptProcessing),
+            1
+        );
+        assert!(settings.policy.release_exposure_only);
+        let mut args = REQUIRED.to_vec();
+        args.extend(["--origins", "prompt_processing,daytime_ap_catchup"]);
+        assert_eq!(parse(&args).expect("valid").origins.len(), 2);
     }
 
     #[test]
@@ -301,8 +350,16 @@ mod tests {
                 .contains("PUBLICATION_SCHEMA")
         );
         let mut args = REQUIRED.to_vec();
-        args.extend(["--embargo-hours=-3"]);
-        assert!(parse(&args).expect_err("embargo").contains("EMBARGO_HOURS"));
+        args.extend(["--policy-file", "/nonexistent/policy.yaml"]);
+        let e = parse(&args).expect_err("policy");
+        assert!(
+            e.contains("PUBLICATION_POLICY_FILE") && e.contains("/nonexistent/policy.yaml"),
+            "{e}"
+        );
+        let mut args = REQUIRED.to_vec();
+        args.extend(["--origins", "prompt_processing,elsewhere"]);
+        let e = parse(&args).expect_err("origins");
+        assert!(e.contains("unknown origin \"elsewhere\""), "{e}");
         let mut args = REQUIRED.to_vec();
         args.extend(["--origins", "a,,b"]);
         assert!(

@@ -35,6 +35,7 @@ use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::model;
+use crate::policy::Origin;
 use crate::registry::{APPLICATION_NAME, RegistryReader};
 use crate::sasquatch::{ConsumerEvents, EventFailed, EventRecorded};
 use crate::settings::Settings;
@@ -287,7 +288,9 @@ impl Processor {
             return Ok(Handled::Interrupted);
         };
         let lookup_seconds = lookup_started.elapsed().as_secs_f64();
-        let records = model::records(&batch.datasets, &found, self.settings.embargo);
+        // `decode` let only accepted origins through, and settings accept only known ones.
+        let origin = Origin::from_name(&event.origin).unwrap_or(Origin::PromptProcessing);
+        let records = model::records(&batch.datasets, &found, &self.settings.policy, origin);
         if !records.unknown.is_empty() {
             warn!(batch_id = %event.batch_id, unknown = records.unknown.len(), "dataset ids the registry does not know; recorded as unknown");
         }

@@ -158,15 +158,23 @@ pub struct DatasetPage {
     pub next_cursor: Option<String>,
 }
 
-/// A cursor: the `(release_at, id)` of the last dataset of a page, as `<unix µs>-<uuid>`.
-pub fn encode_cursor(release_at: DateTime<Utc>, id: Uuid) -> String {
-    format!("{}-{id}", release_at.timestamp_micros())
+/// A cursor: the `(release_at, id)` of the last dataset of a page, as `<unix µs>-<uuid>`, or
+/// `never-<uuid>` for a dataset the policy never releases (those come last).
+pub fn encode_cursor(release_at: Option<DateTime<Utc>>, id: Uuid) -> String {
+    match release_at {
+        Some(at) => format!("{}-{id}", at.timestamp_micros()),
+        None => format!("never-{id}"),
+    }
 }
 
 /// Reads a cursor made by [`encode_cursor`].
-pub fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
+pub fn decode_cursor(cursor: &str) -> Option<(Option<DateTime<Utc>>, Uuid)> {
     let (micros, id) = cursor.split_once('-')?;
-    let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    let at = if micros == "never" {
+        None
+    } else {
+        Some(DateTime::from_timestamp_micros(micros.parse().ok()?)?)
+    };
     Some((at, id.parse().ok()?))
 }
 
@@ -304,7 +312,11 @@ mod tests {
     fn cursors_round_trip() {
         let at = DateTime::from_timestamp_micros(1_777_680_000_123_456).unwrap_or_default();
         let id = Uuid::from_u128(42);
-        assert_eq!(decode_cursor(&encode_cursor(at, id)), Some((at, id)));
+        assert_eq!(
+            decode_cursor(&encode_cursor(Some(at), id)),
+            Some((Some(at), id))
+        );
+        assert_eq!(decode_cursor(&encode_cursor(None, id)), Some((None, id)));
         assert_eq!(decode_cursor("nonsense"), None);
         assert_eq!(decode_cursor("12-notauuid"), None);
     }

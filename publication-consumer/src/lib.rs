@@ -7,6 +7,7 @@
 //! - [`settings`]: what the consumer runs with, validated; [`cli`]: `publication-consumer serve`.
 //! - [`consume`]: the consume loop, one event at a time, offsets committed after the state.
 //! - [`registry`]: read-only lookups in the Butler registry.
+//! - [`policy`]: the release policy per (origin, dataset type), the deployed table built in.
 //! - [`model`]: what is recorded about a dataset, and its embargo-release time (pure).
 //! - [`store`]: the state schema, its migrations, the per-event transaction, the API's queries.
 //! - [`http`]: the API (`/api/v1/...`) and `/openapi.json`, beside the service kit's operations
@@ -23,6 +24,7 @@ pub mod consume;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod registry;
 pub mod sasquatch;
 pub mod settings;

@@ -1,14 +1,15 @@
 //! What the consumer records about a dataset, computed from what the registry said: its data ID
-//! broken out, when its observation ended and so when its embargo ends. Pure functions, no I/O.
+//! broken out, when its observation ended, and when the release policy lets it out of embargo.
+//! Pure functions, no I/O.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use schema::Timespan;
 use schema::timespan::tai_ns_to_utc_unix_ns;
 use uuid::Uuid;
 
+use crate::policy::{Origin, Policy, ReleaseBasis, ReleaseClocks, Rule};
 use crate::registry::RegistryDataset;
 
 /// Where a dataset's observation end came from.
@@ -62,8 +63,14 @@ pub struct DatasetRecord {
     pub observation_end: DateTime<Utc>,
     /// Where [`observation_end`](Self::observation_end) came from.
     pub end_source: EndSource,
-    /// When the embargo ends: observation end + embargo.
-    pub release_at: DateTime<Utc>,
+    /// The origin of the event that announced it.
+    pub origin: Origin,
+    /// The policy's rule for its (origin, dataset type), if listed.
+    pub rule: Option<Rule>,
+    /// When its embargo ends; `None`: the policy never releases it.
+    pub release_at: Option<DateTime<Utc>>,
+    /// How [`release_at`](Self::release_at) was decided.
+    pub release_basis: ReleaseBasis,
 }
 
 /// A `visit` row (insert-if-not-exists).
@@ -119,15 +126,11 @@ pub fn tai_ns_to_utc(tai_ns: i64) -> Option<DateTime<Utc>> {
     )))
 }
 
-/// The embargo as a chrono delta (saturating: a configured embargo fits comfortably).
-fn delta(embargo: Duration) -> TimeDelta {
-    TimeDelta::from_std(embargo).unwrap_or(TimeDelta::MAX)
-}
-
-/// The consumer's record of one registry dataset. The observation ends with the exposure when
-/// the data ID has one, else with the visit, else (calibrations, templates, anything without a
-/// bounded exposure or visit timespan) the dataset's ingest date stands in.
-pub fn describe(dataset: &RegistryDataset, embargo: Duration) -> DatasetRecord {
+/// The consumer's record of one registry dataset of `origin`. The observation ends with the
+/// exposure when the data ID has one, else with the visit, else (calibrations, templates,
+/// anything without a bounded exposure or visit timespan) the dataset's ingest date stands in.
+/// The release follows `policy`, which counts from the visit's end (see [`crate::policy`]).
+pub fn describe(dataset: &RegistryDataset, policy: &Policy, origin: Origin) -> DatasetRecord {
     let text = |key: &str| {
         dataset
             .data_id
@@ -149,6 +152,15 @@ pub fn describe(dataset: &RegistryDataset, embargo: Duration) -> DatasetRecord {
         (None, Some(end)) => (end, EndSource::Visit),
         (None, None) => (ingest_date, EndSource::IngestDate),
     };
+    let release = policy.release(
+        origin,
+        &dataset.dataset_type,
+        ReleaseClocks {
+            visit_end,
+            exposure_end: if visit.is_none() { exposure_end } else { None },
+            ingest_date,
+        },
+    );
     DatasetRecord {
         id: dataset.id,
         dataset_type: dataset.dataset_type.clone(),
@@ -165,19 +177,27 @@ pub fn describe(dataset: &RegistryDataset, embargo: Duration) -> DatasetRecord {
         ingest_date,
         observation_end,
         end_source,
-        release_at: observation_end + delta(embargo),
+        origin,
+        rule: release.rule,
+        release_at: release.at,
+        release_basis: release.basis,
     }
 }
 
-/// Everything one batch adds: a record per known dataset, its visits, exposures and groups once
-/// each, and the ids the registry did not answer for.
-pub fn records(ids: &[Uuid], found: &[RegistryDataset], embargo: Duration) -> BatchRecords {
+/// Everything one batch of `origin` adds: a record per known dataset, its visits, exposures and
+/// groups once each, and the ids the registry did not answer for.
+pub fn records(
+    ids: &[Uuid],
+    found: &[RegistryDataset],
+    policy: &Policy,
+    origin: Origin,
+) -> BatchRecords {
     let mut visits = BTreeMap::new();
     let mut exposures = BTreeMap::new();
     let mut groups = BTreeMap::new();
     let mut datasets = Vec::with_capacity(found.len());
     for dataset in found {
-        let record = describe(dataset, embargo);
+        let record = describe(dataset, policy, origin);
         if let Some(instrument) = &record.instrument {
             if let Some(id) = record.visit {
                 visits
@@ -250,15 +270,17 @@ mod tests {
         }
     }
 
-    const EMBARGO: Duration = Duration::from_secs(80 * 3600);
+    const PP: Origin = Origin::PromptProcessing;
 
     #[test]
     fn visit_datasets_end_with_their_visit() {
         let d = dataset(serde_json::json!({"instrument": "LSSTCam", "detector": 10, "visit": 7}));
-        let r = describe(&d, EMBARGO);
+        let r = describe(&d, &Policy::deployed(), PP);
         assert_eq!(r.end_source, EndSource::Visit);
         assert_eq!(r.observation_end, utc(T0_TAI + HOUR_NS));
-        assert_eq!(r.release_at, utc(T0_TAI + 81 * HOUR_NS));
+        assert_eq!(r.release_at, Some(utc(T0_TAI + 81 * HOUR_NS)));
+        assert_eq!(r.release_basis, ReleaseBasis::VisitEnd);
+        assert!(r.rule.is_some_and(|rule| rule.publish_to_public));
         assert_eq!(r.day_obs, Some(20260501));
         assert_eq!(r.group, None);
         assert_eq!((r.visit, r.exposure, r.detector), (Some(7), None, Some(10)));
@@ -267,24 +289,44 @@ mod tests {
     #[test]
     fn exposure_datasets_end_with_their_exposure_and_carry_its_group() {
         let d = dataset(serde_json::json!({"instrument": "LSSTCam", "detector": 3, "exposure": 7}));
-        let r = describe(&d, EMBARGO);
+        let mut policy = Policy::deployed();
+        let r = describe(&d, &policy, PP);
         assert_eq!(r.end_source, EndSource::Exposure);
         assert_eq!(r.observation_end, utc(T0_TAI + 2 * HOUR_NS));
         assert_eq!(r.group.as_deref(), Some("g1"));
+        // An exposure but no visit: the deployed service never releases it; the option does,
+        // from the exposure's end.
+        assert_eq!((r.release_at, r.release_basis), (None, ReleaseBasis::NoEnd));
+        policy.release_exposure_only = true;
+        let r = describe(&d, &policy, PP);
+        assert_eq!(r.release_at, Some(utc(T0_TAI + 82 * HOUR_NS)));
+        // A type the policy does not list is never released, whatever its data ID.
+        let mut unlisted = d.clone();
+        unlisted.dataset_type = "isr_statistics".into();
+        let r = describe(&unlisted, &policy, PP);
+        assert_eq!(
+            (r.release_at, r.release_basis),
+            (None, ReleaseBasis::NotListed)
+        );
     }
 
     #[test]
     fn without_exposure_or_visit_the_ingest_date_stands_in() {
         let d = dataset(serde_json::json!({"instrument": "LSSTCam", "detector": 3}));
-        let r = describe(&d, EMBARGO);
+        let r = describe(&d, &Policy::deployed(), PP);
         assert_eq!(r.end_source, EndSource::IngestDate);
         assert_eq!(r.observation_end, utc(T0_TAI + 5 * HOUR_NS));
         // An unbounded visit timespan is no end either.
         let mut unbounded = dataset(serde_json::json!({"instrument": "LSSTCam", "visit": 7}));
         unbounded.visit_end_tai_ns = Some(Timespan::MAX_NSEC);
         assert_eq!(
-            describe(&unbounded, EMBARGO).end_source,
+            describe(&unbounded, &Policy::deployed(), PP).end_source,
             EndSource::IngestDate
+        );
+        // ...and with an embargo, no release: the deployed service needs the visit's end.
+        assert_eq!(
+            describe(&unbounded, &Policy::deployed(), PP).release_at,
+            None
         );
     }
 
@@ -300,7 +342,7 @@ mod tests {
         let mut c = c;
         c.id = Uuid::from_u128(3);
         let ids = [1, 2, 3, 4, 4].map(Uuid::from_u128);
-        let r = records(&ids, &[a, b, c], EMBARGO);
+        let r = records(&ids, &[a, b, c], &Policy::deployed(), PP);
         assert_eq!(r.datasets.len(), 3);
         assert_eq!(r.visits.len(), 1);
         assert_eq!(r.exposures.len(), 1);

@@ -9,13 +9,12 @@ use secrecy::SecretString;
 use service_kit::{ConfigError, KafkaSettings, RetrySettings};
 
 use crate::clock::Clock;
+use crate::policy::{Origin, Policy};
 
 /// The consumer group: its own, so the consumer never shares offsets with another reader.
 pub const DEFAULT_GROUP_ID: &str = "publication-consumer";
 /// The Postgres schema of the consumer's state.
 pub const DEFAULT_SCHEMA: &str = "publication_consumer";
-/// Prompt Processing's embargo: 80 hours (`_EMBARGO_PERIOD_HOURS` of the Python PPS).
-pub const DEFAULT_EMBARGO_HOURS: f64 = 80.0;
 /// The only origin the Python PPS accepts.
 pub const DEFAULT_ORIGIN: &str = "prompt_processing";
 /// How long a batch file that is not there yet is waited for: the writer writes the file before
@@ -44,9 +43,10 @@ pub struct Settings {
     pub schema: String,
     /// The db-auth file for database credentials and the size of each pool (state, registry).
     pub database: PoolSettings,
-    /// How long after the end of the observation a dataset stays embargoed.
-    pub embargo: Duration,
-    /// The event origins accepted; events of another origin are recorded as failed and skipped.
+    /// The release policy: per (origin, dataset type), the embargo, publication and retention.
+    pub policy: Policy,
+    /// The event origins accepted, each one the policy knows; events of another origin are
+    /// recorded as failed and skipped.
     pub origins: Vec<String>,
     /// How long a missing or unreadable batch file is retried before the event is recorded as
     /// failed and skipped.
@@ -80,7 +80,7 @@ impl Settings {
             database_url: None,
             schema: DEFAULT_SCHEMA.to_owned(),
             database: PoolSettings::default(),
-            embargo: hours(DEFAULT_EMBARGO_HOURS).unwrap_or(Duration::from_secs(80 * 3600)),
+            policy: Policy::deployed(),
             origins: vec![DEFAULT_ORIGIN.to_owned()],
             batch_file_wait: Duration::from_secs_f64(DEFAULT_BATCH_FILE_WAIT_SECONDS),
             retry: RetrySettings::default(),
@@ -114,6 +114,12 @@ impl Settings {
                 "PUBLICATION_ORIGINS needs at least one non-empty origin",
             ));
         }
+        if let Some(unknown) = self.origins.iter().find(|o| Origin::from_name(o).is_none()) {
+            return Err(ConfigError::new(format!(
+                "PUBLICATION_ORIGINS: unknown origin {unknown:?} (known: {})",
+                Origin::ALL.map(Origin::name).join(", ")
+            )));
+        }
         if !self.retry.is_valid() {
             return Err(ConfigError::new(
                 "PUBLICATION_RETRY_INITIAL_MS must be above 0 and at most PUBLICATION_RETRY_MAX_MS",
@@ -135,11 +141,6 @@ impl Settings {
         })?;
         Ok(())
     }
-}
-
-/// A number of hours as a duration, refusing negative and non-finite values.
-pub fn hours(value: f64) -> Option<Duration> {
-    Duration::try_from_secs_f64(value * 3600.0).ok()
 }
 
 /// A schema name we can interpolate into SQL without quoting surprises.
@@ -167,12 +168,5 @@ mod tests {
         assert!(!is_identifier("Public"));
         assert!(!is_identifier("a;drop"));
         assert!(!is_identifier(""));
-    }
-
-    #[test]
-    fn hours_refuse_negative() {
-        assert_eq!(hours(80.0), Some(Duration::from_secs(288_000)));
-        assert_eq!(hours(-1.0), None);
-        assert_eq!(hours(f64::NAN), None);
     }
 }

@@ -17,11 +17,18 @@ use uuid::Uuid;
 use butler_repository::{DatabaseError, Doing, PoolSettings, connect_options, open_pool};
 
 use crate::model::BatchRecords;
+use crate::policy::Origin;
 use crate::registry::{APPLICATION_NAME, StartError, ident};
 
 /// The migrations, in order; embedded so the binary carries its schema.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "state", include_str!("../migrations/0001_state.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "state", include_str!("../migrations/0001_state.sql")),
+    (
+        2,
+        "release policy",
+        include_str!("../migrations/0002_release_policy.sql"),
+    ),
+];
 
 /// Where an event sits in its topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +91,8 @@ pub struct Counts {
     pub embargoed: i64,
     /// Of those, past their embargo.
     pub ready: i64,
+    /// Of those, never released by the policy (a type it does not list, or no visit end).
+    pub never_released: i64,
     /// Distinct dataset ids the registry did not know.
     pub unknown: i64,
     /// Events processed (distinct batches).
@@ -121,9 +130,21 @@ pub struct DatasetView {
     pub observation_end: DateTime<Utc>,
     /// `exposure`, `visit` or `ingest_date`.
     pub observation_end_source: String,
-    /// When the embargo ends.
-    pub release_at: DateTime<Utc>,
-    /// `embargoed` or `ready`, at the time asked.
+    /// The origin of the event that announced it (`prompt_processing`, `daytime_ap_catchup`);
+    /// `null` for datasets recorded before the release policy.
+    pub origin: Option<String>,
+    /// The policy's embargo for its (origin, dataset type), in hours; `null` when not listed.
+    pub embargo_hours: Option<i32>,
+    /// Whether the policy lets it go to the public repository; `null` when not listed.
+    pub publish_to_public: Option<bool>,
+    /// Days the policy keeps it; `null` for ever or when not listed.
+    pub retention_days: Option<i32>,
+    /// When the embargo ends; `null`: never.
+    pub release_at: Option<DateTime<Utc>>,
+    /// How `release_at` was decided: `visit_end`, `exposure_end`, `at_once`, `not_listed` or
+    /// `no_end`.
+    pub release_basis: Option<String>,
+    /// `embargoed`, `ready` or `never`, at the time asked.
     pub status: String,
     /// The batch it was first recorded from.
     pub batch_id: Uuid,
@@ -140,8 +161,8 @@ pub struct DatasetQuery {
     pub instrument: Option<String>,
     /// Only this dataset type.
     pub dataset_type: Option<String>,
-    /// Continue after this `(release_at, id)`.
-    pub after: Option<(DateTime<Utc>, Uuid)>,
+    /// Continue after this `(release_at, id)` (`release_at` `None`: never, which sorts last).
+    pub after: Option<(Option<DateTime<Utc>>, Uuid)>,
     /// At most this many.
     pub limit: i64,
 }
@@ -288,10 +309,13 @@ impl Store {
         let datasets = sqlx::query(
             r#"INSERT INTO dataset (id, dataset_type, run, instrument, detector, visit, exposure,
                                     "group", day_obs, data_id, ingest_date, observation_end,
-                                    observation_end_source, release_at, batch_id, recorded_at)
-               SELECT x.*, $15, $16 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
+                                    observation_end_source, release_at, origin, embargo_hours,
+                                    publish_to_public, retention_days, release_basis, batch_id,
+                                    recorded_at)
+               SELECT x.*, $20, $21 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
                    $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::int8[], $10::jsonb[],
-                   $11::timestamptz[], $12::timestamptz[], $13::text[], $14::timestamptz[]) AS x
+                   $11::timestamptz[], $12::timestamptz[], $13::text[], $14::timestamptz[],
+                   $15::int2[], $16::int4[], $17::bool[], $18::int4[], $19::text[]) AS x
                ON CONFLICT (id) DO NOTHING"#,
         )
         .bind(d.iter().map(|r| r.id).collect::<Vec<_>>())
@@ -316,6 +340,27 @@ impl Store {
         .bind(d.iter().map(|r| r.observation_end).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.end_source.as_str()).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.release_at).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.origin.code()).collect::<Vec<_>>())
+        .bind(
+            d.iter()
+                .map(|r| r.rule.map(|rule| clamp_i32(rule.embargo_hours)))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            d.iter()
+                .map(|r| r.rule.map(|rule| rule.publish_to_public))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            d.iter()
+                .map(|r| r.rule.and_then(|rule| rule.retention_days).map(clamp_i32))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            d.iter()
+                .map(|r| r.release_basis.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(info.batch_id)
         .bind(now)
         .execute(&mut *tx)
@@ -382,6 +427,7 @@ impl Store {
             "SELECT (SELECT count(*) FROM dataset) AS datasets,
                     (SELECT count(*) FROM dataset WHERE release_at > $1) AS embargoed,
                     (SELECT count(*) FROM dataset WHERE release_at <= $1) AS ready,
+                    (SELECT count(*) FROM dataset WHERE release_at IS NULL) AS never_released,
                     (SELECT count(DISTINCT dataset_id) FROM unknown_dataset) AS unknown,
                     (SELECT count(*) FROM batch) AS events,
                     (SELECT count(*) FROM failed_event) AS failed_events",
@@ -394,6 +440,7 @@ impl Store {
                 datasets: row.try_get("datasets")?,
                 embargoed: row.try_get("embargoed")?,
                 ready: row.try_get("ready")?,
+                never_released: row.try_get("never_released")?,
                 unknown: row.try_get("unknown")?,
                 events: row.try_get("events")?,
                 failed_events: row.try_get("failed_events")?,
@@ -410,22 +457,25 @@ impl Store {
     ) -> Result<Vec<DatasetView>, DatabaseError> {
         let rows = sqlx::query(
             r#"SELECT id, dataset_type, run, instrument, detector, visit, exposure, "group", day_obs,
-                      data_id, ingest_date, observation_end, observation_end_source, release_at,
+                      data_id, ingest_date, observation_end, observation_end_source, origin,
+                      embargo_hours, publish_to_public, retention_days, release_at, release_basis,
                       batch_id
                FROM dataset
                WHERE ($1::timestamptz IS NULL OR release_at <= $1)
                  AND ($2::int8 IS NULL OR visit = $2)
                  AND ($3::text IS NULL OR instrument = $3)
                  AND ($4::text IS NULL OR dataset_type = $4)
-                 AND ($5::timestamptz IS NULL OR (release_at, id) > ($5, $6::uuid))
-               ORDER BY release_at, id
+                 AND ($6::uuid IS NULL OR CASE WHEN $5::timestamptz IS NULL
+                          THEN release_at IS NULL AND id > $6
+                          ELSE release_at IS NULL OR (release_at, id) > ($5, $6) END)
+               ORDER BY release_at NULLS LAST, id
                LIMIT $7"#,
         )
         .bind(query.ready_at)
         .bind(query.visit)
         .bind(query.instrument.as_deref())
         .bind(query.dataset_type.as_deref())
-        .bind(query.after.map(|(t, _)| t))
+        .bind(query.after.and_then(|(t, _)| t))
         .bind(query.after.map(|(_, id)| id))
         .bind(query.limit)
         .fetch_all(&self.pool)
@@ -445,7 +495,8 @@ impl Store {
     ) -> Result<Option<DatasetView>, DatabaseError> {
         let row = sqlx::query(
             r#"SELECT id, dataset_type, run, instrument, detector, visit, exposure, "group", day_obs,
-                      data_id, ingest_date, observation_end, observation_end_source, release_at,
+                      data_id, ingest_date, observation_end, observation_end_source, origin,
+                      embargo_hours, publish_to_public, retention_days, release_at, release_basis,
                       batch_id
                FROM dataset WHERE id = $1"#,
         )
@@ -496,7 +547,8 @@ impl Store {
 }
 
 fn view(row: &sqlx::postgres::PgRow, at: DateTime<Utc>) -> Result<DatasetView, sqlx::Error> {
-    let release_at: DateTime<Utc> = row.try_get("release_at")?;
+    let release_at: Option<DateTime<Utc>> = row.try_get("release_at")?;
+    let origin: Option<i16> = row.try_get("origin")?;
     Ok(DatasetView {
         id: row.try_get("id")?,
         dataset_type: row.try_get("dataset_type")?,
@@ -511,13 +563,25 @@ fn view(row: &sqlx::postgres::PgRow, at: DateTime<Utc>) -> Result<DatasetView, s
         ingest_date: row.try_get("ingest_date")?,
         observation_end: row.try_get("observation_end")?,
         observation_end_source: row.try_get("observation_end_source")?,
+        origin: origin
+            .and_then(Origin::from_code)
+            .map(|o| o.name().to_owned()),
+        embargo_hours: row.try_get("embargo_hours")?,
+        publish_to_public: row.try_get("publish_to_public")?,
+        retention_days: row.try_get("retention_days")?,
         release_at,
-        status: if release_at <= at {
-            "ready"
-        } else {
-            "embargoed"
+        release_basis: row.try_get("release_basis")?,
+        status: match release_at {
+            None => "never",
+            Some(t) if t <= at => "ready",
+            Some(_) => "embargoed",
         }
         .to_owned(),
         batch_id: row.try_get("batch_id")?,
     })
+}
+
+/// A policy number as the `integer` column holds it (policies stay far below `i32::MAX`).
+fn clamp_i32(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
 }

@@ -24,7 +24,8 @@ const VARIABLES: &[&str] = &[
     "OUTPUT_DATASET_LIST_DIRECTORY",
     "PUBLICATION_DATABASE_URL",
     "PUBLICATION_SCHEMA",
-    "EMBARGO_HOURS",
+    "PUBLICATION_POLICY_FILE",
+    "PUBLICATION_RELEASE_EXPOSURE_ONLY",
     "PUBLICATION_HTTP_ADDRESS",
     "PUBLICATION_LOG_FORMAT",
     "PUBLICATION_LOG_LEVEL",
@@ -75,6 +76,47 @@ fn a_configuration_error_stops_at_start_up_with_one_line() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("PUBLICATION_SCHEMA"), "{stderr}");
+
+    // The former EMBARGO_HOURS is refused, not ignored: the policy has the embargo now.
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("BUTLER_REPOSITORY", "/nonexistent/butler.yaml")
+        .env("KAFKA_CLUSTER", "127.0.0.1:1")
+        .env("OUTPUT_DATASET_LIST_DIRECTORY", "/tmp/")
+        .env("EMBARGO_HOURS", "80")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("PUBLICATION_POLICY_FILE"), "{stderr}");
+
+    // A policy file with a mistake: one line naming the file and the mistake.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "profiles:\n  - {name: p, origin: prompt_processing, embargo_hours: 80, \
+         publish_to_public: yes_please, retention_days: null, dataset_types: [a]}\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("BUTLER_REPOSITORY", "/nonexistent/butler.yaml")
+        .env("KAFKA_CLUSTER", "127.0.0.1:1")
+        .env("OUTPUT_DATASET_LIST_DIRECTORY", "/tmp/")
+        .env("PUBLICATION_POLICY_FILE", &policy)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("policy.yaml") && stderr.contains("publish_to_public"),
+        "{stderr}"
+    );
 
     // A repository that does not exist is fatal too, not retried for ever.
     let output = Command::new(BIN)

@@ -18,6 +18,7 @@ use common::{
     rows, settings, start, stop, wait_for_counts, write_batch_file,
 };
 use publication_consumer::Clock;
+use publication_consumer::policy::Policy;
 use publication_consumer::sasquatch::APPLICATION;
 use schema::DatasetBatch;
 use sqlx::{Connection, PgConnection};
@@ -95,11 +96,35 @@ async fn events_from_a_real_writer_are_recorded_with_their_visit_type_run_and_re
         };
         assert_eq!(d["observation_end_source"], source);
         assert_eq!(d["day_obs"], 20260501);
-        let release_at: chrono::DateTime<chrono::Utc> =
-            serde_json::from_value(d["release_at"].clone()).unwrap();
-        assert_eq!(release_at, release, "{id}");
-        assert_eq!(d["status"], "embargoed");
+        assert_eq!(d["origin"], "prompt_processing");
+        // The deployed policy: preliminary_visit_image 80 h after its visit ended, public, kept
+        // for ever; the other two types are not in the table and never leave the embargo.
+        if dataset_type == "preliminary_visit_image" {
+            let release_at: chrono::DateTime<chrono::Utc> =
+                serde_json::from_value(d["release_at"].clone()).unwrap();
+            assert_eq!(release_at, release, "{id}");
+            assert_eq!(d["status"], "embargoed");
+            assert_eq!(d["release_basis"], "visit_end");
+            assert_eq!(
+                (
+                    &d["embargo_hours"],
+                    &d["publish_to_public"],
+                    &d["retention_days"]
+                ),
+                (
+                    &serde_json::json!(80),
+                    &serde_json::json!(true),
+                    &serde_json::Value::Null
+                )
+            );
+        } else {
+            assert!(d["release_at"].is_null(), "{d}");
+            assert_eq!(d["status"], "never");
+            assert_eq!(d["release_basis"], "not_listed");
+            assert!(d["embargo_hours"].is_null());
+        }
     }
+    assert_eq!((done.embargoed, done.never_released), (30, 60));
     // Visits, exposures and groups, once each, as the Python PPS records them.
     assert_eq!(rows(&consumer, "visit").await, 2);
     assert_eq!(rows(&consumer, "exposure").await, 2);
@@ -411,6 +436,18 @@ async fn the_api_follows_the_clock_past_the_embargo() {
     let mut s = settings(&f);
     let clock = Clock::manual(observation_end());
     s.clock = clock.clone();
+    // A policy that embargoes all three of the factory's types, and the exposure-only one from
+    // its exposure's end (the same time as its visit's here).
+    s.policy = Policy::from_yaml(
+        &format!(
+            "profiles:\n  - {{name: all, origin: prompt_processing, embargo_hours: {EMBARGO_HOURS}, \
+             publish_to_public: true, retention_days: null, dataset_types: \
+             [preliminary_visit_image, single_visit_star_unstandardized, isr_statistics]}}\n"
+        ),
+        "test",
+    )
+    .unwrap();
+    s.policy.release_exposure_only = true;
     let consumer = start(s).await;
     let address = consumer.http_address();
     let before = wait_for_counts(address, WAIT, |c| c.datasets == 60).await;
@@ -480,6 +517,66 @@ async fn the_api_follows_the_clock_past_the_embargo() {
     assert_eq!(status, 400);
     let (status, _) = get_json(address, &format!("/api/v1/datasets/{}", Uuid::new_v4())).await;
     assert_eq!(status, 404);
+    stop(consumer).await;
+}
+
+#[tokio::test]
+async fn the_deployed_policy_releases_only_the_types_it_lists_and_pages_reach_the_rest() {
+    let f = fixture(1).await;
+    // One visit, ten detectors, the factory's three types: preliminary_visit_image (80 h in the
+    // deployed table), single_visit_star_unstandardized and isr_statistics (not listed).
+    let batches = ingest(&f, 7_001_300, 1, 30).await;
+    announce(&f, &batches).await;
+    let mut s = settings(&f);
+    let clock = Clock::manual(observation_end());
+    s.clock = clock.clone();
+    let consumer = start(s).await;
+    let address = consumer.http_address();
+    let before = wait_for_counts(address, WAIT, |c| c.datasets == 30).await;
+    assert_eq!(
+        (before.embargoed, before.ready, before.never_released),
+        (10, 0, 20)
+    );
+    clock.advance(TimeDelta::hours(EMBARGO_HOURS));
+    let after = counts(address).await;
+    assert_eq!(
+        (after.embargoed, after.ready, after.never_released),
+        (0, 10, 20)
+    );
+    let (_, ready) = get_json(address, "/api/v1/datasets/ready?limit=1000").await;
+    let ready = ready["datasets"].as_array().unwrap();
+    assert_eq!(ready.len(), 10);
+    assert!(
+        ready
+            .iter()
+            .all(|d| d["dataset_type"] == "preliminary_visit_image")
+    );
+
+    // The visit's listing in pages of 3: the released datasets first, then the ones never
+    // released (by id), each once, the cursor crossing from one kind to the other.
+    let mut statuses = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = get_json(
+            address,
+            &format!("/api/v1/visits/7001300/datasets?limit=3&cursor={cursor}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        for d in page["datasets"].as_array().unwrap() {
+            assert!(seen.insert(d["id"].as_str().unwrap().to_owned()), "{d}");
+            statuses.push(d["status"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    // isr_statistics has an exposure, not a visit, in its data ID: 20 in the visit's listing.
+    assert_eq!(seen.len(), 20);
+    assert!(statuses[..10].iter().all(|s| s == "ready"), "{statuses:?}");
+    assert!(statuses[10..].iter().all(|s| s == "never"), "{statuses:?}");
     stop(consumer).await;
 }
 

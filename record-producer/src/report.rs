@@ -56,6 +56,10 @@ pub struct PublicationCounts {
     pub datasets: u64,
     /// Of those, still under embargo.
     pub embargoed: u64,
+    /// Of those, past their embargo (released).
+    pub ready: u64,
+    /// Of those, never released by the consumer's release policy.
+    pub never_released: u64,
     /// Datasets the registry did not know.
     pub unknown: u64,
     /// Events it processed.
@@ -295,8 +299,8 @@ impl Report {
         if let Some(p) = &self.publication {
             let _ = writeln!(
                 s,
-                "publication  consumer recorded {} datasets ({} embargoed, {} unknown) from {} events",
-                p.datasets, p.embargoed, p.unknown, p.events
+                "publication  consumer recorded {} datasets ({} embargoed, {} released, {} never released by its policy, {} unknown) from {} events",
+                p.datasets, p.embargoed, p.ready, p.never_released, p.unknown, p.events
             );
         }
         if let Some(m) = &self.metrics {

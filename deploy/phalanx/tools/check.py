@@ -174,6 +174,14 @@ SCENARIOS: dict[str, list[dict[str, Any]]] = {
     ],
     "prompt-publication-consumer": [
         {"appMetrics": {"enabled": True}},
+        # An operator's release policy: a ConfigMap mounted where PUBLICATION_POLICY_FILE points.
+        {
+            "publication": {
+                "policy": "profiles:\n- {name: p, origin: prompt_processing, embargo_hours: 80, "
+                "publish_to_public: true, retention_days: null, dataset_types: [a]}\n",
+                "releaseExposureOnly": True,
+            }
+        },
     ],
     # Every switch the deployed cluster leaves off: metrics, their scraping and alerts, the
     # Kafka exporter, Cruise Control.
