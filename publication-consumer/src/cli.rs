@@ -70,8 +70,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the consumer and its HTTP API until SIGTERM or Ctrl-C. Every flag can also be given
     /// by the environment variable shown; flags win.
+    #[command(after_help = PPS_VARIABLES_HELP)]
     Serve(Box<ServeArgs>),
 }
+
+/// What `serve --help` says of the Prompt Publication Service's variables.
+const PPS_VARIABLES_HELP: &str = "The Prompt Publication Service's variables are read with its meaning: \
+PROMPTPUB_EMBARGO_REPO_PATH, PROMPTPUB_EMBARGO_BATCH_FILE_DIRECTORY, PROMPTPUB_KAFKA_SERVER, \
+PROMPTPUB_KAFKA_TOPIC, PROMPTPUB_KAFKA_GROUP_ID, PROMPTPUB_KAFKA_USERNAME, PROMPTPUB_KAFKA_PASSWORD, \
+PROMPTPUB_STATE_DATABASE_URI and PROMPTPUB_STATE_DATABASE_PASSWORD stand for BUTLER_REPOSITORY, \
+OUTPUT_DATASET_LIST_DIRECTORY, KAFKA_CLUSTER, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_USERNAME, \
+KAFKA_PASSWORD and PUBLICATION_DATABASE_URL (its password replaced); one of them and ours set to \
+different values is an error. PROMPTPUB_MAIN_REPO_PATH, PROMPTPUB_PROMPT_PREP_REPO_PATH and \
+PROMPTPUB_GOOGLE_INT_REPO_PATH are for transfer tasks this version does not run: ignored, with a \
+warning.";
 
 /// Arguments of `publication-consumer serve`.
 #[derive(Debug, Args)]

@@ -4,7 +4,8 @@
 //! own with the time their embargo ends. An HTTP API lists what is ready to publish.
 //!
 //! # Layout
-//! - [`settings`]: what the consumer runs with, validated; [`cli`]: `publication-consumer serve`.
+//! - [`settings`]: what the consumer runs with, validated; [`cli`]: `publication-consumer serve`;
+//!   [`pps_variables`]: the Prompt Publication Service's `PROMPTPUB_*` variables read as ours.
 //! - [`consume`]: the consume loop, one event at a time, offsets committed after the state.
 //! - [`registry`]: read-only lookups in the Butler registry.
 //! - [`policy`]: the release policy per (origin, dataset type), the deployed table built in.
@@ -25,6 +26,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod pps_variables;
 pub mod registry;
 pub mod sasquatch;
 pub mod settings;

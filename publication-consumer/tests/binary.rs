@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{announce, fixture, ingest};
+use sqlx::Connection;
 
 const BIN: &str = env!("CARGO_BIN_EXE_publication-consumer");
 
@@ -57,6 +58,10 @@ fn help_lists_every_variable_and_hides_the_password() {
             "{variable} in\n{help}"
         );
     }
+    // The Prompt Publication Service's variables, read as ours, are named too.
+    for variable in publication_consumer::pps_variables::VARIABLES {
+        assert!(help.contains(variable), "{variable} in\n{help}");
+    }
     assert!(!help.contains("hunter2"));
     assert!(!help.contains("sesame"));
 }
@@ -76,6 +81,25 @@ fn a_configuration_error_stops_at_start_up_with_one_line() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("PUBLICATION_SCHEMA"), "{stderr}");
+
+    // A PPS variable and ours disagreeing: one line naming both.
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("BUTLER_REPOSITORY", "/nonexistent/butler.yaml")
+        .env("KAFKA_CLUSTER", "127.0.0.1:1")
+        .env("OUTPUT_DATASET_LIST_DIRECTORY", "/tmp/")
+        .env("PROMPTPUB_KAFKA_TOPIC", "a")
+        .env("KAFKA_TOPIC", "b")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("PROMPTPUB_KAFKA_TOPIC and KAFKA_TOPIC"),
+        "{stderr}"
+    );
 
     // The former EMBARGO_HOURS is refused, not ignored: the policy has the embargo now.
     let output = Command::new(BIN)
@@ -139,41 +163,138 @@ async fn the_binary_records_a_batch_and_stops_on_sigterm() {
     let f = fixture(1).await;
     let batches = ingest(&f, 7_000_900, 1, 15).await;
     announce(&f, &batches).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    let address = free_address();
+    let command = consumer_command(
+        address,
+        &[
+            (
+                "BUTLER_REPOSITORY",
+                f.registry.butler_config.display().to_string(),
+            ),
+            ("KAFKA_CLUSTER", f.env.kafka_bootstrap().to_owned()),
+            ("KAFKA_TOPIC", f.topics.events.clone()),
+            ("KAFKA_GROUP_ID", test_support::unique_name("pps")),
+            (
+                "OUTPUT_DATASET_LIST_DIRECTORY",
+                f.dir.path().display().to_string(),
+            ),
+            ("PUBLICATION_SCHEMA", test_support::unique_name("pps")),
+        ],
+    );
+    let stderr = record_then_sigterm(command, address, 15).await;
+    // JSON lines, one of which says the batch was recorded.
+    assert!(
+        json_lines(&stderr).any(|l| l["message"] == "batch recorded"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_prompt_publication_services_variables_run_the_consumer() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_001_400, 1, 6).await;
+    announce(&f, &batches).await;
+    // PPS's state database URI (SQLAlchemy's driver in the scheme, no password in it) and its
+    // password apart, as PPS's deployment gives them.
+    let state_db = f.env.fresh_database("pps_vars").await.unwrap();
+    let (scheme_less, password) = split_password(&state_db.url);
+    let address = free_address();
+    let mut variables = vec![
+        (
+            "PROMPTPUB_EMBARGO_REPO_PATH",
+            f.registry.butler_config.display().to_string(),
+        ),
+        ("PROMPTPUB_KAFKA_SERVER", f.env.kafka_bootstrap().to_owned()),
+        ("PROMPTPUB_KAFKA_TOPIC", f.topics.events.clone()),
+        ("PROMPTPUB_KAFKA_GROUP_ID", test_support::unique_name("pps")),
+        (
+            "PROMPTPUB_EMBARGO_BATCH_FILE_DIRECTORY",
+            format!("{}/", f.dir.path().display()),
+        ),
+        (
+            "PROMPTPUB_STATE_DATABASE_URI",
+            format!("postgresql+asyncpg://{scheme_less}"),
+        ),
+        (
+            "PROMPTPUB_MAIN_REPO_PATH",
+            "/sdf/data/rubin/repo/main/butler.yaml".to_owned(),
+        ),
+    ];
+    if let Some(password) = password {
+        variables.push(("PROMPTPUB_STATE_DATABASE_PASSWORD", password));
+    }
+    let command = consumer_command(address, &variables);
+    let stderr = record_then_sigterm(command, address, 6).await;
+    // The state went to PPS's database, and the unused transfer variable was named.
+    let mut state = sqlx::PgConnection::connect(&state_db.url).await.unwrap();
+    let datasets: i64 = sqlx::query_scalar("SELECT count(*) FROM publication_consumer.dataset")
+        .fetch_one(&mut state)
+        .await
+        .unwrap();
+    assert_eq!(datasets, 6);
+    assert!(
+        json_lines(&stderr).any(|l| l["variable"] == "PROMPTPUB_MAIN_REPO_PATH"),
+        "{stderr}"
+    );
+}
+
+/// A free loopback address for the consumer's HTTP server.
+fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("serve")
-        .env("BUTLER_REPOSITORY", &f.registry.butler_config)
-        .env("KAFKA_CLUSTER", f.env.kafka_bootstrap())
-        .env("KAFKA_TOPIC", &f.topics.events)
-        .env("KAFKA_GROUP_ID", test_support::unique_name("pps"))
-        .env("OUTPUT_DATASET_LIST_DIRECTORY", f.dir.path())
-        .env("PUBLICATION_SCHEMA", test_support::unique_name("pps"))
+}
+
+/// `publication-consumer serve` with `variables` (and nothing of the consumer's own from the
+/// test's environment), JSON logs on stderr, HTTP on `address`.
+fn consumer_command(
+    address: std::net::SocketAddr,
+    variables: &[(&str, String)],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    command.arg("serve");
+    for name in VARIABLES
+        .iter()
+        .chain(publication_consumer::pps_variables::VARIABLES)
+    {
+        command.env_remove(name);
+    }
+    command
+        .envs(variables.iter().map(|(k, v)| (*k, v.as_str())))
         .env("PUBLICATION_HTTP_ADDRESS", address.to_string())
         .env("PUBLICATION_LOG_FORMAT", "json")
-        .env_remove("PUBLICATION_DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    command
+}
+
+/// Starts `command`, waits until its API counts `datasets` datasets, stops it with SIGTERM,
+/// checks it exits cleanly, and returns its stderr.
+async fn record_then_sigterm(
+    mut command: tokio::process::Command,
+    address: std::net::SocketAddr,
+    datasets: i64,
+) -> String {
+    let mut child = command.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if tokio::net::TcpStream::connect(address).await.is_ok() {
             let counts = common::counts(address).await;
-            if counts.datasets == 15 {
+            if counts.datasets == datasets {
                 break;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the binary did not record the batch"
-        );
+        if Instant::now() >= deadline {
+            child.kill().await.unwrap();
+            let mut stderr = String::new();
+            tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+                .await
+                .unwrap();
+            panic!("the binary did not record {datasets} datasets:\n{stderr}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let pid = child.id().unwrap().to_string();
@@ -188,14 +309,23 @@ async fn the_binary_records_a_batch_and_stops_on_sigterm() {
     tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
         .await
         .unwrap();
-    // JSON lines, one of which says the batch was recorded.
-    assert!(
-        stderr
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .any(|l| l["message"] == "batch recorded"),
-        "{stderr}"
-    );
+    stderr
+}
+
+/// The JSON lines of a log.
+fn json_lines(log: &str) -> impl Iterator<Item = serde_json::Value> + '_ {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+}
+
+/// A `postgresql://user[:password]@rest` URL as `user@rest` and the password, if any.
+fn split_password(url: &str) -> (String, Option<String>) {
+    let rest = url.split_once("://").unwrap().1;
+    let (userinfo, host) = rest.split_once('@').unwrap();
+    match userinfo.split_once(':') {
+        Some((user, password)) => (format!("{user}@{host}"), Some(password.to_owned())),
+        None => (format!("{userinfo}@{host}"), None),
+    }
 }
 
 #[tokio::test]
