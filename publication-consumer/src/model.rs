@@ -57,6 +57,8 @@ pub struct DatasetRecord {
     pub day_obs: Option<i64>,
     /// The data ID as the registry's tags table holds it.
     pub data_id: serde_json::Value,
+    /// The data ID without `instrument` and `visit`: PPS's `butler_data_id`.
+    pub butler_data_id: serde_json::Value,
     /// The registry's ingest date, UTC.
     pub ingest_date: DateTime<Utc>,
     /// When the observation ended, UTC.
@@ -99,6 +101,8 @@ pub struct ExposureRow {
     pub group: Option<String>,
     /// The end of its timespan, UTC.
     pub observation_end: Option<DateTime<Utc>>,
+    /// Whether it could see the sky; the registry's NULL is read as true, as PPS does.
+    pub can_see_sky: bool,
 }
 
 /// Everything one event adds.
@@ -174,6 +178,14 @@ pub fn describe(dataset: &RegistryDataset, policy: &Policy, origin: Origin) -> D
             .or(exposure.and(dataset.exposure_day_obs))
             .or(visit.and(dataset.visit_day_obs)),
         data_id: serde_json::Value::Object(dataset.data_id.clone()),
+        butler_data_id: serde_json::Value::Object(
+            dataset
+                .data_id
+                .iter()
+                .filter(|(k, _)| *k != "instrument" && *k != "visit")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
         ingest_date,
         observation_end,
         end_source,
@@ -218,6 +230,7 @@ pub fn records(
                         day_obs: dataset.exposure_day_obs,
                         group: dataset.exposure_group.clone(),
                         observation_end: dataset.exposure_end_tai_ns.and_then(tai_ns_to_utc),
+                        can_see_sky: dataset.exposure_can_see_sky.unwrap_or(true),
                     });
             }
             if let Some(group) = &record.group {
@@ -267,6 +280,7 @@ mod tests {
             exposure_end_tai_ns: Some(T0_TAI + 2 * HOUR_NS),
             exposure_day_obs: Some(20260501),
             exposure_group: Some("g1".into()),
+            exposure_can_see_sky: None,
         }
     }
 
@@ -284,6 +298,8 @@ mod tests {
         assert_eq!(r.day_obs, Some(20260501));
         assert_eq!(r.group, None);
         assert_eq!((r.visit, r.exposure, r.detector), (Some(7), None, Some(10)));
+        // PPS's butler_data_id: the data ID without instrument and visit.
+        assert_eq!(r.butler_data_id, serde_json::json!({"detector": 10}));
     }
 
     #[test]

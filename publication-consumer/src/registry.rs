@@ -42,6 +42,8 @@ pub struct RegistryDataset {
     pub exposure_day_obs: Option<i64>,
     /// The exposure's group.
     pub exposure_group: Option<String>,
+    /// Its exposure's `can_see_sky`, when the data ID has an exposure and the registry knows.
+    pub exposure_can_see_sky: Option<bool>,
 }
 
 /// A registry opened for reading.
@@ -141,7 +143,8 @@ impl RegistryReader {
                     COALESCE(tags.data_id, '{{}}'::jsonb) AS data_id,
                     upper(v.timespan) AS visit_end, (to_jsonb(v) ->> 'day_obs')::bigint AS visit_day_obs,
                     upper(e.timespan) AS exposure_end, (to_jsonb(e) ->> 'day_obs')::bigint AS exposure_day_obs,
-                    to_jsonb(e) ->> 'group' AS exposure_group
+                    to_jsonb(e) ->> 'group' AS exposure_group,
+                    (to_jsonb(e) ->> 'can_see_sky')::boolean AS exposure_can_see_sky
              FROM {ns}.dataset d
              JOIN {ns}.dataset_type dt ON dt.id = d.dataset_type_id
              JOIN {ns}.collection c ON c.collection_id = d.run_id
@@ -174,6 +177,7 @@ impl RegistryReader {
                     exposure_end_tai_ns: row.try_get("exposure_end")?,
                     exposure_day_obs: row.try_get("exposure_day_obs")?,
                     exposure_group: row.try_get("exposure_group")?,
+                    exposure_can_see_sky: row.try_get("exposure_can_see_sky")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -6,6 +6,7 @@
 //! NOTHING`: replaying an event, or receiving it twice, changes nothing.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -28,7 +29,59 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "release policy",
         include_str!("../migrations/0002_release_policy.sql"),
     ),
+    (
+        3,
+        "prompt publication service layout",
+        include_str!("../migrations/0003_pps_layout.sql"),
+    ),
 ];
+
+/// The first migration of ours that knows PPS's layout: a schema PPS laid out is adopted by
+/// marking the ones before it applied (they would lay out tables of the same names).
+const FIRST_PPS_MIGRATION: i64 = 3;
+
+/// The Prompt Publication Service's dataset statuses (`DatasetLocationStatus`).
+pub mod dataset_status {
+    /// Never in the repository.
+    pub const NEVER_PRESENT: i16 = 0;
+    /// In the repository.
+    pub const PRESENT: i16 = 1;
+    /// Expected but not found.
+    pub const MISSING: i16 = 2;
+    /// Removed.
+    pub const DELETED: i16 = 3;
+}
+
+/// The Prompt Publication Service's visit, exposure and group statuses
+/// (`DimensionRecordStatus`).
+pub mod record_status {
+    /// Never in the repository.
+    pub const NEVER_PRESENT: i16 = 0;
+    /// The records as first written (from the raws).
+    pub const INITIAL: i16 = 1;
+    /// Revised records (not used yet).
+    pub const REVISED: i16 = 2;
+}
+
+/// The repositories PPS tracks, by their status column's prefix.
+pub const REPOSITORIES: [&str; 5] = [
+    "embargo",
+    "prompt_prep",
+    "repo_main",
+    "google_int",
+    "google_prod",
+];
+
+/// A dataset status's name.
+pub fn dataset_status_name(status: i16) -> &'static str {
+    match status {
+        dataset_status::NEVER_PRESENT => "NEVER_PRESENT",
+        dataset_status::PRESENT => "PRESENT",
+        dataset_status::MISSING => "MISSING",
+        dataset_status::DELETED => "DELETED",
+        _ => "UNKNOWN",
+    }
+}
 
 /// Where an event sits in its topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +136,7 @@ pub struct FailedEvent<'a> {
 }
 
 /// The `GET /api/v1/counts` body. The keys are a contract: the main job reads them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counts {
     /// Datasets recorded.
     pub datasets: i64,
@@ -93,6 +146,13 @@ pub struct Counts {
     pub ready: i64,
     /// Of those, never released by the policy (a type it does not list, or no visit end).
     pub never_released: i64,
+    /// Datasets in the state without a release of ours: recorded by the Prompt Publication
+    /// Service before this consumer took its state database over.
+    pub without_release: i64,
+    /// Datasets per repository (`embargo`, `prompt_prep`, `repo_main`, `google_int`,
+    /// `google_prod`) and status (`NEVER_PRESENT`, `PRESENT`, `MISSING`, `DELETED`), as PPS
+    /// records them; statuses with no dataset are left out.
+    pub repositories: BTreeMap<String, BTreeMap<String, i64>>,
     /// Distinct dataset ids the registry did not know.
     pub unknown: i64,
     /// Events processed (distinct batches).
@@ -144,6 +204,10 @@ pub struct DatasetView {
     /// How `release_at` was decided: `visit_end`, `exposure_end`, `at_once`, `not_listed` or
     /// `no_end`.
     pub release_basis: Option<String>,
+    /// Its status in each repository PPS tracks (`embargo`: `PRESENT`, ...).
+    pub repositories: BTreeMap<String, String>,
+    /// When it was copied out of embargo (`prompt_prep`), if it was.
+    pub unembargo_time: Option<DateTime<Utc>>,
     /// `embargoed`, `ready` or `never`, at the time asked.
     pub status: String,
     /// The batch it was first recorded from.
@@ -178,6 +242,18 @@ impl Store {
     /// Connects with `search_path` set to `schema`, creates the schema if needed and runs the
     /// migrations. Does not wait: the caller retries what [`StartError::class`] says may heal.
     pub async fn open(url: &str, pool: &PoolSettings, schema: &str) -> Result<Self, StartError> {
+        Self::open_at(url, pool, schema, i64::MAX).await
+    }
+
+    /// [`Store::open`] with the migrations up to `last` only: tests lay out an older state
+    /// schema with it, to prove the later migrations keep its rows.
+    #[doc(hidden)]
+    pub async fn open_at(
+        url: &str,
+        pool: &PoolSettings,
+        schema: &str,
+        last: i64,
+    ) -> Result<Self, StartError> {
         let options = connect_options(url, pool.auth_file.as_deref(), APPLICATION_NAME)
             .map_err(StartError::StateUrl)?
             .options([("search_path", schema)]);
@@ -191,8 +267,9 @@ impl Store {
         .execute(&pool)
         .await
         .doing("creating the state schema")?;
-        let migrations = MIGRATIONS
+        let migrations: Vec<Migration> = MIGRATIONS
             .iter()
+            .filter(|(version, _, _)| *version <= last)
             .map(|(version, description, sql)| {
                 Migration::new(
                     *version,
@@ -203,6 +280,9 @@ impl Store {
                 )
             })
             .collect();
+        adopt_pps_layout(&pool, &migrations)
+            .await
+            .doing("adopting the Prompt Publication Service's state schema")?;
         let mut migrator = Migrator::with_migrations(migrations);
         // In the state schema, not wherever the server's default search_path points.
         migrator.dangerous_set_table_name(format!("{}._sqlx_migrations", ident(schema)));
@@ -261,86 +341,126 @@ impl Store {
         .rows_affected()
             == 1;
 
+        // PPS's rows, with the statuses PPS gives them: in the embargo repository and nowhere
+        // else (PPS sets every status itself; the columns have no defaults).
         let (instruments, names): (Vec<&str>, Vec<&str>) = records
             .groups
             .iter()
             .map(|(i, n)| (i.as_str(), n.as_str()))
             .unzip();
         sqlx::query(
-            r#"INSERT INTO "group" (instrument, name)
-               SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING"#,
+            r#"INSERT INTO "group" (id, instrument, embargo_status, prompt_prep_status,
+                                   repo_main_status, google_int_status, google_prod_status)
+               SELECT name, instrument, $3, 0, 0, 0, 0
+               FROM UNNEST($1::text[], $2::text[]) AS g (instrument, name)
+               ON CONFLICT DO NOTHING"#,
         )
         .bind(instruments)
         .bind(names)
+        .bind(record_status::INITIAL)
         .execute(&mut *tx)
         .await
         .doing("recording groups")?;
 
         let v = &records.visits;
         sqlx::query(
-            "INSERT INTO visit (instrument, id, day_obs, observation_end)
-             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::timestamptz[])
+            "INSERT INTO visit (id, instrument, day_obs, time, embargo_status, prompt_prep_status,
+                                repo_main_status, google_int_status, google_prod_status)
+             SELECT id, instrument, coalesce(day_obs, 0), time, $5, 0, 0, 0, 0
+             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::timestamptz[])
+                  AS v (instrument, id, day_obs, time)
              ON CONFLICT DO NOTHING",
         )
         .bind(v.iter().map(|r| r.instrument.as_str()).collect::<Vec<_>>())
         .bind(v.iter().map(|r| r.id).collect::<Vec<_>>())
         .bind(v.iter().map(|r| r.day_obs).collect::<Vec<_>>())
         .bind(v.iter().map(|r| r.observation_end).collect::<Vec<_>>())
+        .bind(record_status::INITIAL)
         .execute(&mut *tx)
         .await
         .doing("recording visits")?;
 
         let e = &records.exposures;
         sqlx::query(
-            r#"INSERT INTO exposure (instrument, id, day_obs, "group", observation_end)
-               SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[])
-               ON CONFLICT DO NOTHING"#,
+            "INSERT INTO exposure (id, instrument, day_obs, time, can_see_sky, embargo_status,
+                                   prompt_prep_status, repo_main_status, google_int_status,
+                                   google_prod_status)
+             SELECT id, instrument, coalesce(day_obs, 0), time, can_see_sky, $6, 0, 0, 0, 0
+             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::timestamptz[], $5::bool[])
+                  AS e (instrument, id, day_obs, time, can_see_sky)
+             ON CONFLICT DO NOTHING",
         )
         .bind(e.iter().map(|r| r.instrument.as_str()).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.id).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.day_obs).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.group.as_deref()).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.observation_end).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.can_see_sky).collect::<Vec<_>>())
+        .bind(record_status::INITIAL)
         .execute(&mut *tx)
         .await
         .doing("recording exposures")?;
 
         let d = &records.datasets;
+        let ids: Vec<Uuid> = d.iter().map(|r| r.id).collect();
         let datasets = sqlx::query(
-            r#"INSERT INTO dataset (id, dataset_type, run, instrument, detector, visit, exposure,
-                                    "group", day_obs, data_id, ingest_date, observation_end,
-                                    observation_end_source, release_at, origin, embargo_hours,
-                                    publish_to_public, retention_days, release_basis, batch_id,
-                                    recorded_at)
-               SELECT x.*, $20, $21 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
-                   $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::int8[], $10::jsonb[],
-                   $11::timestamptz[], $12::timestamptz[], $13::text[], $14::timestamptz[],
-                   $15::int2[], $16::int4[], $17::bool[], $18::int4[], $19::text[]) AS x
+            r#"INSERT INTO dataset (id, origin, dataset_type, instrument, visit, exposure, "group",
+                                    butler_data_id, embargo_status, prompt_prep_status,
+                                    repo_main_status, google_int_status, google_prod_status,
+                                    unembargo_time)
+               SELECT x.id, x.origin, x.dataset_type, x.instrument, x.visit, x.exposure, x.grp,
+                      x.butler_data_id::json, $9, 0, 0, 0, 0, NULL
+               FROM UNNEST($1::uuid[], $2::int2[], $3::text[], $4::text[], $5::int8[],
+                           $6::int8[], $7::text[], $8::jsonb[])
+                    AS x (id, origin, dataset_type, instrument, visit, exposure, grp,
+                          butler_data_id)
                ON CONFLICT (id) DO NOTHING"#,
         )
-        .bind(d.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(&ids)
+        .bind(d.iter().map(|r| r.origin.code()).collect::<Vec<_>>())
         .bind(
             d.iter()
                 .map(|r| r.dataset_type.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind(d.iter().map(|r| r.run.as_str()).collect::<Vec<_>>())
         .bind(
             d.iter()
                 .map(|r| r.instrument.as_deref())
                 .collect::<Vec<_>>(),
         )
-        .bind(d.iter().map(|r| r.detector).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.visit).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.exposure).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.group.as_deref()).collect::<Vec<_>>())
+        .bind(
+            d.iter()
+                .map(|r| r.butler_data_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(dataset_status::PRESENT)
+        .execute(&mut *tx)
+        .await
+        .doing("recording datasets")?
+        .rows_affected();
+
+        // Ours: the rest of what the registry said, and the release under the policy.
+        sqlx::query(
+            "INSERT INTO dataset_release (id, run, detector, day_obs, data_id, ingest_date,
+                                          observation_end, observation_end_source, release_at,
+                                          embargo_hours, publish_to_public, retention_days,
+                                          release_basis, batch_id, recorded_at)
+             SELECT x.*, $14, $15 FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[],
+                 $5::jsonb[], $6::timestamptz[], $7::timestamptz[], $8::text[],
+                 $9::timestamptz[], $10::int4[], $11::bool[], $12::int4[], $13::text[]) AS x
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(d.iter().map(|r| r.run.as_str()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.detector).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.day_obs).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.data_id.clone()).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.ingest_date).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.observation_end).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.end_source.as_str()).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.release_at).collect::<Vec<_>>())
-        .bind(d.iter().map(|r| r.origin.code()).collect::<Vec<_>>())
         .bind(
             d.iter()
                 .map(|r| r.rule.map(|rule| clamp_i32(rule.embargo_hours)))
@@ -365,12 +485,25 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await
-        .doing("recording datasets")?
-        .rows_affected();
+        .doing("recording datasets' releases")?;
 
+        // PPS's record of an unknown id (its origin and error), and ours of the batch that
+        // listed it.
+        sqlx::query(
+            "INSERT INTO unknown_dataset (id, origin, error)
+             SELECT id, $2, format('Dataset not found in Butler, from batch ''%s''', $3::uuid)
+             FROM UNNEST($1::uuid[]) AS id
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&records.unknown)
+        .bind(origin_code(info.origin))
+        .bind(info.batch_id)
+        .execute(&mut *tx)
+        .await
+        .doing("recording unknown datasets")?;
         let unknown = sqlx::query(
-            "INSERT INTO unknown_dataset (dataset_id, batch_id, batch_file, topic, kafka_partition,
-                                          kafka_offset, recorded_at)
+            "INSERT INTO unknown_dataset_batch (dataset_id, batch_id, batch_file, topic,
+                                                kafka_partition, kafka_offset, recorded_at)
              SELECT id, $2, $3, $4, $5, $6, $7 FROM UNNEST($1::uuid[]) AS id
              ON CONFLICT DO NOTHING",
         )
@@ -423,30 +556,63 @@ impl Store {
 
     /// The counts of `GET /api/v1/counts` at time `at`.
     pub async fn counts(&self, at: DateTime<Utc>) -> Result<Counts, DatabaseError> {
-        sqlx::query(
+        let row = sqlx::query(
             "SELECT (SELECT count(*) FROM dataset) AS datasets,
-                    (SELECT count(*) FROM dataset WHERE release_at > $1) AS embargoed,
-                    (SELECT count(*) FROM dataset WHERE release_at <= $1) AS ready,
-                    (SELECT count(*) FROM dataset WHERE release_at IS NULL) AS never_released,
-                    (SELECT count(DISTINCT dataset_id) FROM unknown_dataset) AS unknown,
+                    (SELECT count(*) FROM dataset_release WHERE release_at > $1) AS embargoed,
+                    (SELECT count(*) FROM dataset_release WHERE release_at <= $1) AS ready,
+                    (SELECT count(*) FROM dataset_release WHERE release_at IS NULL)
+                        AS never_released,
+                    (SELECT count(*) FROM dataset d
+                     WHERE NOT EXISTS (SELECT 1 FROM dataset_release r WHERE r.id = d.id))
+                        AS without_release,
+                    (SELECT count(*) FROM unknown_dataset) AS unknown,
                     (SELECT count(*) FROM batch) AS events,
                     (SELECT count(*) FROM failed_event) AS failed_events",
         )
         .bind(at)
         .fetch_one(&self.pool)
         .await
-        .and_then(|row| {
+        .doing("counting")?;
+        let statuses = sqlx::query(
+            "SELECT s.repository, s.status, count(*) AS n
+             FROM dataset,
+                  LATERAL (VALUES ('embargo', embargo_status),
+                                  ('prompt_prep', prompt_prep_status),
+                                  ('repo_main', repo_main_status),
+                                  ('google_int', google_int_status),
+                                  ('google_prod', google_prod_status)) AS s (repository, status)
+             GROUP BY s.repository, s.status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .doing("counting statuses")?;
+        let mut repositories: BTreeMap<String, BTreeMap<String, i64>> = REPOSITORIES
+            .iter()
+            .map(|r| ((*r).to_owned(), BTreeMap::new()))
+            .collect();
+        let mut read = || -> Result<Counts, sqlx::Error> {
+            for status in &statuses {
+                let repository: String = status.try_get("repository")?;
+                let code: i16 = status.try_get("status")?;
+                let n: i64 = status.try_get("n")?;
+                repositories
+                    .entry(repository)
+                    .or_default()
+                    .insert(dataset_status_name(code).to_owned(), n);
+            }
             Ok(Counts {
                 datasets: row.try_get("datasets")?,
                 embargoed: row.try_get("embargoed")?,
                 ready: row.try_get("ready")?,
                 never_released: row.try_get("never_released")?,
+                without_release: row.try_get("without_release")?,
                 unknown: row.try_get("unknown")?,
                 events: row.try_get("events")?,
                 failed_events: row.try_get("failed_events")?,
+                repositories: std::mem::take(&mut repositories),
             })
-        })
-        .doing("counting")
+        };
+        read().doing("counting")
     }
 
     /// Datasets matching `query`, ordered by `(release_at, id)`; statuses as of `at`.
@@ -456,19 +622,21 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Vec<DatasetView>, DatabaseError> {
         let rows = sqlx::query(
-            r#"SELECT id, dataset_type, run, instrument, detector, visit, exposure, "group", day_obs,
-                      data_id, ingest_date, observation_end, observation_end_source, origin,
-                      embargo_hours, publish_to_public, retention_days, release_at, release_basis,
-                      batch_id
-               FROM dataset
-               WHERE ($1::timestamptz IS NULL OR release_at <= $1)
-                 AND ($2::int8 IS NULL OR visit = $2)
-                 AND ($3::text IS NULL OR instrument = $3)
-                 AND ($4::text IS NULL OR dataset_type = $4)
+            r#"SELECT d.id, d.dataset_type, r.run, d.instrument, r.detector, d.visit, d.exposure,
+                      d."group", r.day_obs, r.data_id, r.ingest_date, r.observation_end,
+                      r.observation_end_source, d.origin, r.embargo_hours, r.publish_to_public,
+                      r.retention_days, r.release_at, r.release_basis, r.batch_id,
+                      d.embargo_status, d.prompt_prep_status, d.repo_main_status,
+                      d.google_int_status, d.google_prod_status, d.unembargo_time
+               FROM dataset d JOIN dataset_release r ON r.id = d.id
+               WHERE ($1::timestamptz IS NULL OR r.release_at <= $1)
+                 AND ($2::int8 IS NULL OR d.visit = $2)
+                 AND ($3::text IS NULL OR d.instrument = $3)
+                 AND ($4::text IS NULL OR d.dataset_type = $4)
                  AND ($6::uuid IS NULL OR CASE WHEN $5::timestamptz IS NULL
-                          THEN release_at IS NULL AND id > $6
-                          ELSE release_at IS NULL OR (release_at, id) > ($5, $6) END)
-               ORDER BY release_at NULLS LAST, id
+                          THEN r.release_at IS NULL AND r.id > $6
+                          ELSE r.release_at IS NULL OR (r.release_at, r.id) > ($5, $6) END)
+               ORDER BY r.release_at NULLS LAST, r.id
                LIMIT $7"#,
         )
         .bind(query.ready_at)
@@ -494,11 +662,13 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Option<DatasetView>, DatabaseError> {
         let row = sqlx::query(
-            r#"SELECT id, dataset_type, run, instrument, detector, visit, exposure, "group", day_obs,
-                      data_id, ingest_date, observation_end, observation_end_source, origin,
-                      embargo_hours, publish_to_public, retention_days, release_at, release_basis,
-                      batch_id
-               FROM dataset WHERE id = $1"#,
+            r#"SELECT d.id, d.dataset_type, r.run, d.instrument, r.detector, d.visit, d.exposure,
+                      d."group", r.day_obs, r.data_id, r.ingest_date, r.observation_end,
+                      r.observation_end_source, d.origin, r.embargo_hours, r.publish_to_public,
+                      r.retention_days, r.release_at, r.release_basis, r.batch_id,
+                      d.embargo_status, d.prompt_prep_status, d.repo_main_status,
+                      d.google_int_status, d.google_prod_status, d.unembargo_time
+               FROM dataset d JOIN dataset_release r ON r.id = d.id WHERE d.id = $1"#,
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -571,6 +741,14 @@ fn view(row: &sqlx::postgres::PgRow, at: DateTime<Utc>) -> Result<DatasetView, s
         retention_days: row.try_get("retention_days")?,
         release_at,
         release_basis: row.try_get("release_basis")?,
+        repositories: REPOSITORIES
+            .iter()
+            .map(|r| {
+                let code: i16 = row.try_get(format!("{r}_status").as_str())?;
+                Ok(((*r).to_owned(), dataset_status_name(code).to_owned()))
+            })
+            .collect::<Result<_, sqlx::Error>>()?,
+        unembargo_time: row.try_get("unembargo_time")?,
         status: match release_at {
             None => "never",
             Some(t) if t <= at => "ready",
@@ -579,6 +757,55 @@ fn view(row: &sqlx::postgres::PgRow, at: DateTime<Utc>) -> Result<DatasetView, s
         .to_owned(),
         batch_id: row.try_get("batch_id")?,
     })
+}
+
+/// The state database's code of an event origin the settings accepted.
+fn origin_code(origin: &str) -> i16 {
+    Origin::from_name(origin).map_or(Origin::PromptProcessing.code(), Origin::code)
+}
+
+/// Takes over a state schema the Prompt Publication Service laid out (its `alembic_version`
+/// there, no migrations of ours): the migrations before [`FIRST_PPS_MIGRATION`], which would
+/// lay out tables of the same names, are recorded as applied, so that migration 3 adds only
+/// this consumer's own tables beside PPS's and leaves PPS's rows as they are.
+async fn adopt_pps_layout(pool: &PgPool, migrations: &[Migration]) -> Result<(), sqlx::Error> {
+    let pps_only: bool = sqlx::query_scalar(
+        "SELECT to_regclass('alembic_version') IS NOT NULL
+            AND to_regclass('_sqlx_migrations') IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    if !pps_only {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    // The table as sqlx's migrator makes it.
+    sqlx::query(
+        "CREATE TABLE _sqlx_migrations (
+             version BIGINT PRIMARY KEY,
+             description TEXT NOT NULL,
+             installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+             success BOOLEAN NOT NULL,
+             checksum BYTEA NOT NULL,
+             execution_time BIGINT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    for migration in migrations
+        .iter()
+        .filter(|m| m.version < FIRST_PPS_MIGRATION)
+    {
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES ($1, $2, TRUE, $3, -1)",
+        )
+        .bind(migration.version)
+        .bind(migration.description.as_ref())
+        .bind(migration.checksum.as_ref())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 /// A policy number as the `integer` column holds it (policies stay far below `i32::MAX`).

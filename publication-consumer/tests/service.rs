@@ -299,7 +299,7 @@ async fn dataset_ids_the_registry_does_not_know_are_recorded_as_unknown() {
     let done = wait_for_counts(consumer.http_address(), WAIT, |c| c.events == 1).await;
     assert_eq!((done.datasets, done.unknown), (12, 5));
     let recorded: BTreeSet<Uuid> =
-        sqlx::query_scalar("SELECT dataset_id FROM unknown_dataset WHERE batch_id = $1")
+        sqlx::query_scalar("SELECT dataset_id FROM unknown_dataset_batch WHERE batch_id = $1")
             .bind(batches[0].batch_id)
             .fetch_all(consumer.store().pool())
             .await
@@ -307,6 +307,18 @@ async fn dataset_ids_the_registry_does_not_know_are_recorded_as_unknown() {
             .into_iter()
             .collect();
     assert_eq!(recorded, strangers.iter().copied().collect());
+    // PPS's own record of them: origin 1 and its error naming the batch.
+    let errors: Vec<String> = sqlx::query_scalar("SELECT DISTINCT error FROM unknown_dataset")
+        .fetch_all(consumer.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        errors,
+        [format!(
+            "Dataset not found in Butler, from batch '{}'",
+            batches[0].batch_id
+        )]
+    );
     let (_, text) = http_get(consumer.http_address(), "/metrics").await;
     assert_eq!(
         common::metric(&text, "publication_consumer_unknown_datasets_total"),
@@ -692,7 +704,7 @@ async fn a_permanent_database_error_stops_the_consumer_with_the_reason() {
         .await
         .unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER TABLE {schema}.dataset DROP COLUMN day_obs"
+        "ALTER TABLE {schema}.dataset_release DROP COLUMN day_obs"
     )))
     .execute(&mut db)
     .await
