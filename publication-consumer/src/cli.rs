@@ -21,7 +21,8 @@ use service_kit::{ConfigError, KafkaVariables, RetrySettings};
 
 use crate::Service;
 use crate::clock::Clock;
-use crate::policy::Policy;
+use crate::policy::{Origin, Policy};
+use crate::register::RegisterSettings;
 use crate::settings::{
     DEFAULT_BATCH_FILE_WAIT_SECONDS, DEFAULT_GROUP_ID, DEFAULT_ORIGIN, DEFAULT_SCHEMA, Settings,
 };
@@ -72,6 +73,114 @@ pub enum Command {
     /// by the environment variable shown; flags win.
     #[command(after_help = PPS_VARIABLES_HELP)]
     Serve(Box<ServeArgs>),
+    /// Record batch files as their events would have been (the Prompt Publication Service's
+    /// `register_embargo_batch`): to re-drive an event given up on once its batch file is
+    /// there, or register batches never announced. Idempotent; the batch's failed events are
+    /// marked resolved. Prints a line per file.
+    RegisterBatch(Box<RegisterArgs>),
+}
+
+/// Arguments of `publication-consumer register-batch`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Batch files: names relative to `--batch-directory`, absolute paths, or URIs.
+    #[arg(required = true)]
+    pub files: Vec<String>,
+
+    /// The registry's repository, as for `serve`.
+    #[arg(long, env = "BUTLER_REPOSITORY")]
+    pub butler_repository: String,
+
+    /// Where relative batch file names are (the writer's directory, as for `serve`); the
+    /// working directory when not set.
+    #[arg(long, env = "OUTPUT_DATASET_LIST_DIRECTORY")]
+    pub batch_directory: Option<String>,
+
+    /// The state database, as for `serve`. Its password is never printed.
+    #[arg(long, env = "PUBLICATION_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// The Postgres schema of the state, as for `serve`.
+    #[arg(long, env = "PUBLICATION_SCHEMA", default_value = DEFAULT_SCHEMA)]
+    pub schema: String,
+
+    /// The release policy file, as for `serve`.
+    #[arg(long, env = "PUBLICATION_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// As for `serve`.
+    #[arg(
+        long,
+        env = "PUBLICATION_RELEASE_EXPOSURE_ONLY",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub release_exposure_only: bool,
+
+    /// The origin the batches are recorded with.
+    #[arg(long, default_value = DEFAULT_ORIGIN)]
+    pub origin: String,
+
+    /// db-auth file with database credentials, as for `serve`.
+    #[arg(long, env = "LSST_DB_AUTH")]
+    pub db_auth: Option<PathBuf>,
+}
+
+impl RegisterArgs {
+    /// Validated settings, or one line saying what to change.
+    pub fn into_settings(self) -> Result<(RegisterSettings, Vec<String>), ConfigError> {
+        let origin = Origin::from_name(&self.origin).ok_or_else(|| {
+            ConfigError::new(format!(
+                "--origin {:?} is not an origin (known: {})",
+                self.origin,
+                Origin::ALL.map(Origin::name).join(", ")
+            ))
+        })?;
+        if !crate::settings::is_identifier(&self.schema) {
+            return Err(ConfigError::new(format!(
+                "PUBLICATION_SCHEMA {:?} is not a plain Postgres identifier (lowercase letters, digits, _)",
+                self.schema
+            )));
+        }
+        let mut database = PoolSettings {
+            max_connections: 2,
+            ..PoolSettings::default()
+        };
+        if self.db_auth.is_some() {
+            database.auth_file = self.db_auth;
+        }
+        Ok((
+            RegisterSettings {
+                butler_repository: self.butler_repository,
+                batch_directory: self.batch_directory.filter(|d| !d.is_empty()),
+                database_url: self
+                    .database_url
+                    .filter(|u| !u.is_empty())
+                    .map(SecretString::from),
+                schema: self.schema,
+                database,
+                policy: load_policy(self.policy_file.as_deref(), self.release_exposure_only)?,
+                origin,
+            },
+            self.files,
+        ))
+    }
+}
+
+/// The release policy: the file's, or the deployed table.
+fn load_policy(
+    file: Option<&std::path::Path>,
+    release_exposure_only: bool,
+) -> Result<Policy, ConfigError> {
+    let mut policy = match file {
+        Some(path) => Policy::load(path)
+            .map_err(|e| ConfigError::new(format!("PUBLICATION_POLICY_FILE: {e}")))?,
+        None => Policy::deployed(),
+    };
+    policy.release_exposure_only = release_exposure_only;
+    Ok(policy)
 }
 
 /// What `serve --help` says of the Prompt Publication Service's variables.
@@ -197,12 +306,7 @@ impl ServeArgs {
                  the release policy (PUBLICATION_POLICY_FILE; the deployed table by default)",
             ));
         }
-        let mut policy = match &self.policy_file {
-            Some(path) => Policy::load(path)
-                .map_err(|e| ConfigError::new(format!("PUBLICATION_POLICY_FILE: {e}")))?,
-            None => Policy::deployed(),
-        };
-        policy.release_exposure_only = self.release_exposure_only;
+        let policy = load_policy(self.policy_file.as_deref(), self.release_exposure_only)?;
         let mut database = PoolSettings {
             max_connections: self.db_max_connections,
             ..PoolSettings::default()
@@ -259,11 +363,50 @@ pub fn init_tracing(cli: &Cli) {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
+        Command::RegisterBatch(args) => register(*args).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
     service_kit::lifecycle::serve(PROGRAM, args.into_settings(), Service::start).await
+}
+
+async fn register(args: RegisterArgs) -> ExitCode {
+    let (settings, files) = match args.into_settings() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{PROGRAM}: {}", service_kit::chain(&error));
+            return ExitCode::from(2);
+        }
+    };
+    match crate::register::register_batches(&settings, &files).await {
+        Ok(registered) => {
+            for r in registered {
+                // The command's report, one line per file, is its output.
+                #[allow(clippy::print_stdout)]
+                {
+                    println!(
+                        "{}: batch {} {}, {} datasets and {} unknown ids added, {} failed events resolved",
+                        r.batch_file,
+                        r.batch_id,
+                        if r.new_batch {
+                            "recorded"
+                        } else {
+                            "already recorded"
+                        },
+                        r.datasets,
+                        r.unknown,
+                        r.resolved
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{PROGRAM}: {}", service_kit::chain(&error));
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// How the consumer names itself on stderr.
@@ -281,7 +424,36 @@ mod tests {
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         match cli.command {
             Command::Serve(args) => args.into_settings().map_err(|e| service_kit::chain(&e)),
+            Command::RegisterBatch(_) => Err("not serve".to_owned()),
         }
+    }
+
+    fn parse_register(args: &[&str]) -> Result<super::RegisterSettings, String> {
+        let mut argv = vec!["publication-consumer", "register-batch"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::RegisterBatch(args) => args
+                .into_settings()
+                .map(|(settings, _)| settings)
+                .map_err(|e| service_kit::chain(&e)),
+            Command::Serve(_) => Err("not register-batch".to_owned()),
+        }
+    }
+
+    #[test]
+    fn register_batch_takes_files_and_refuses_an_unknown_origin() {
+        let settings = parse_register(&["--butler-repository", "/repo", "a.json"]).expect("valid");
+        assert_eq!(settings.origin, crate::policy::Origin::PromptProcessing);
+        assert_eq!(settings.schema, "publication_consumer");
+        assert!(
+            parse_register(&["--butler-repository", "/repo"])
+                .expect_err("no file")
+                .contains("FILES")
+        );
+        let e = parse_register(&["--butler-repository", "/repo", "--origin", "x", "a.json"])
+            .expect_err("origin");
+        assert!(e.contains("--origin \"x\""), "{e}");
     }
 
     const REQUIRED: &[&str] = &[

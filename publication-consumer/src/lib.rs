@@ -7,7 +7,8 @@
 //! - [`settings`]: what the consumer runs with, validated; [`cli`]: `publication-consumer serve`;
 //!   [`pps_variables`]: the Prompt Publication Service's `PROMPTPUB_*` variables read as ours.
 //! - [`consume`]: the consume loop, one event at a time, offsets committed after the state.
-//! - [`registry`]: read-only lookups in the Butler registry.
+//! - [`registry`]: read-only lookups in the Butler registry; [`register`]: `register-batch`,
+//!   batch files recorded by an operator as their events would have been.
 //! - [`policy`]: the release policy per (origin, dataset type), the deployed table built in.
 //! - [`model`]: what is recorded about a dataset, and its embargo-release time (pure).
 //! - [`store`]: the state schema, its migrations, the per-event transaction, the API's queries.
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod pps_variables;
+pub mod register;
 pub mod registry;
 pub mod sasquatch;
 pub mod settings;

@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "prompt publication service layout",
         include_str!("../migrations/0003_pps_layout.sql"),
     ),
+    (
+        4,
+        "failed event resolution",
+        include_str!("../migrations/0004_failed_event_resolution.sql"),
+    ),
 ];
 
 /// The first migration of ours that knows PPS's layout: a schema PPS laid out is adopted by
@@ -256,7 +261,9 @@ impl Store {
     ) -> Result<Self, StartError> {
         let options = connect_options(url, pool.auth_file.as_deref(), APPLICATION_NAME)
             .map_err(StartError::StateUrl)?
-            .options([("search_path", schema)]);
+            // Postgres's notices ("schema ... already exists, skipping" at every start) are not
+            // news to anyone reading the log.
+            .options([("search_path", schema), ("client_min_messages", "warning")]);
         let pool = open_pool(options, pool)
             .await
             .doing("connecting to the state database")?;
@@ -567,7 +574,8 @@ impl Store {
                         AS without_release,
                     (SELECT count(*) FROM unknown_dataset) AS unknown,
                     (SELECT count(*) FROM batch) AS events,
-                    (SELECT count(*) FROM failed_event) AS failed_events",
+                    (SELECT count(*) FROM failed_event WHERE resolved_at IS NULL)
+                        AS failed_events",
         )
         .bind(at)
         .fetch_one(&self.pool)
@@ -684,7 +692,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT topic, kafka_partition, kafka_offset, reason, detail, batch_id, batch_file,
                     recorded_at
-             FROM failed_event ORDER BY recorded_at, topic, kafka_partition, kafka_offset LIMIT $1",
+             FROM failed_event WHERE resolved_at IS NULL
+             ORDER BY recorded_at, topic, kafka_partition, kafka_offset LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -705,6 +714,27 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()
             .doing("reading failed events")
+    }
+
+    /// Marks the unresolved failed events of batch `batch_id` resolved, saying how; returns how
+    /// many.
+    pub async fn resolve_failed(
+        &self,
+        batch_id: Uuid,
+        resolution: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DatabaseError> {
+        sqlx::query(
+            "UPDATE failed_event SET resolved_at = $3, resolution = $2
+             WHERE batch_id = $1 AND resolved_at IS NULL",
+        )
+        .bind(batch_id)
+        .bind(resolution)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .doing("marking failed events resolved")
+        .map(|r| r.rows_affected())
     }
 
     /// Checks the database answers.

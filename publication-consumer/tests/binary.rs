@@ -398,3 +398,81 @@ async fn the_binary_reads_batch_files_from_s3() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn register_batch_re_drives_an_event_given_up_on_once_its_file_is_there() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_001_500, 1, 6).await;
+    // The event comes, its batch file does not: the consumer waits, then records it as failed.
+    let name = common::batch_file_name(batches[0].batch_id);
+    let file = f.dir.path().join(&name);
+    common::produce(
+        f.env.kafka_bootstrap(),
+        &f.topics.events,
+        &[common::event(batches[0].batch_id, &name)],
+        Some(0),
+    )
+    .await;
+    let mut settings = common::settings(&f);
+    settings.batch_file_wait = Duration::from_secs(1);
+    let schema = settings.schema.clone();
+    let consumer = common::start(settings).await;
+    let address = service_kit::ServiceHandle::http_address(&consumer);
+    common::wait_for_counts(address, Duration::from_secs(60), |c| c.failed_events == 1).await;
+
+    // The file turns up; the operator registers it, twice.
+    std::fs::write(&file, batches[0].to_json()).unwrap();
+    let register = || {
+        let mut command = Command::new(BIN);
+        command.args(["register-batch", &name]);
+        for variable in VARIABLES
+            .iter()
+            .chain(publication_consumer::pps_variables::VARIABLES)
+        {
+            command.env_remove(variable);
+        }
+        command
+            .env("BUTLER_REPOSITORY", &f.registry.butler_config)
+            .env("OUTPUT_DATASET_LIST_DIRECTORY", f.dir.path())
+            .env("PUBLICATION_SCHEMA", &schema)
+            .output()
+            .unwrap()
+    };
+    let output = register();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "{name}: batch {} recorded, 6 datasets and 0 unknown ids added, 1 failed events resolved",
+            batches[0].batch_id
+        )
+    );
+    let counts = common::counts(address).await;
+    assert_eq!((counts.datasets, counts.failed_events), (6, 0));
+    let (_, failed) = common::get_json(address, "/api/v1/failed-events").await;
+    assert_eq!(failed["failed_events"].as_array().unwrap().len(), 0);
+    let output = register();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(
+            "already recorded, 0 datasets and 0 unknown ids added, 0 failed events resolved"
+        ),
+        "{output:?}"
+    );
+
+    // A file that is not there: one line, exit status 1.
+    let mut command = Command::new(BIN);
+    let output = command
+        .args(["register-batch", "nonexistent.json"])
+        .env("BUTLER_REPOSITORY", &f.registry.butler_config)
+        .env("OUTPUT_DATASET_LIST_DIRECTORY", f.dir.path())
+        .env("PUBLICATION_SCHEMA", &schema)
+        .env_remove("PUBLICATION_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("nonexistent.json"), "{stderr}");
+    common::stop(consumer).await;
+}

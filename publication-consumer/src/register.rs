@@ -1,0 +1,172 @@
+//! `publication-consumer register-batch`: records batch files as their events would have, for an
+//! operator (the Prompt Publication Service's `register_embargo_batch`). It re-drives an event
+//! given up on (its batch file appeared after `PUBLICATION_BATCH_FILE_WAIT_SECONDS`, or was
+//! restored), and registers batches that were never announced.
+//!
+//! Each file is read whole, its datasets looked up in the registry and recorded in one
+//! transaction through the same code as an event ([`Store::record_batch`]), so it is idempotent:
+//! a batch recorded before changes nothing. The failed events of the batch's id are then marked
+//! resolved, so that `/api/v1/failed-events` and the counts list only what still needs a hand.
+
+use butler_repository::{ButlerConfig, DatabaseError, PoolSettings, RepositoryError};
+use chrono::Utc;
+use resources::ResourcePath;
+use schema::DatasetBatch;
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use crate::consume::batch_path;
+use crate::model;
+use crate::policy::{Origin, Policy};
+use crate::registry::{RegistryReader, StartError};
+use crate::store::{BatchInfo, EventPlace, Store};
+
+/// Where an operator's registrations are recorded as coming from, in place of a topic.
+pub const OPERATOR_TOPIC: &str = "(register-batch)";
+
+/// What `register-batch` runs with.
+#[derive(Debug, Clone)]
+pub struct RegisterSettings {
+    /// The registry's `butler.yaml` (or its directory), local or `s3://`.
+    pub butler_repository: String,
+    /// Where relative batch file names are; `None`: relative to the working directory.
+    pub batch_directory: Option<String>,
+    /// The state database; the registry's database when `None`.
+    pub database_url: Option<SecretString>,
+    /// The state schema.
+    pub schema: String,
+    /// The db-auth file and pool size.
+    pub database: PoolSettings,
+    /// The release policy.
+    pub policy: Policy,
+    /// The origin the batches are recorded with.
+    pub origin: Origin,
+}
+
+/// What registering one batch file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The file, as given.
+    pub batch_file: String,
+    /// Its batch id.
+    pub batch_id: Uuid,
+    /// False when the batch had been recorded before.
+    pub new_batch: bool,
+    /// Dataset rows added.
+    pub datasets: u64,
+    /// Unknown ids added.
+    pub unknown: u64,
+    /// Failed events of this batch marked resolved.
+    pub resolved: u64,
+}
+
+/// Why registering stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// `butler.yaml` cannot be read or used.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    /// The registry or the state database cannot be opened.
+    #[error("cannot open the {what}")]
+    Open {
+        /// `registry` or `state database`.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: StartError,
+    },
+    /// A batch file cannot be read or is not a batch file.
+    #[error("batch file {file}: {message}")]
+    BatchFile {
+        /// The file, as given.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A database failed.
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+}
+
+/// Registers `files` in order; stops at the first that cannot be registered, the ones before
+/// it recorded.
+pub async fn register_batches(
+    settings: &RegisterSettings,
+    files: &[String],
+) -> Result<Vec<Registered>, RegisterError> {
+    let config = ButlerConfig::load(&settings.butler_repository).await?;
+    let registry = RegistryReader::connect(&config, &settings.database)
+        .await
+        .map_err(|source| RegisterError::Open {
+            what: "registry",
+            source,
+        })?;
+    let state_url = settings.database_url.as_ref().map_or_else(
+        || config.registry_db.clone(),
+        |u| u.expose_secret().to_owned(),
+    );
+    let store = Store::open(&state_url, &settings.database, &settings.schema)
+        .await
+        .map_err(|source| RegisterError::Open {
+            what: "state database",
+            source,
+        })?;
+    let directory = match &settings.batch_directory {
+        Some(directory) => ResourcePath::parse(directory),
+        None => ResourcePath::parse(
+            &std::env::current_dir()
+                .map(|d| format!("{}/", d.display()))
+                .unwrap_or_else(|_| "./".to_owned()),
+        ),
+    }
+    .map_err(|e| RegisterError::BatchFile {
+        file: settings.batch_directory.clone().unwrap_or_default(),
+        message: format!("not a usable directory: {e}"),
+    })?
+    .as_dir();
+    let mut out = Vec::with_capacity(files.len());
+    for (n, file) in files.iter().enumerate() {
+        let bad = |message: String| RegisterError::BatchFile {
+            file: file.clone(),
+            message,
+        };
+        let path = batch_path(&directory, file).map_err(|e| bad(e.to_string()))?;
+        let bytes = path.read().await.map_err(|e| bad(e.to_string()))?;
+        let batch = DatasetBatch::from_json(&bytes).map_err(|e| bad(e.to_string()))?;
+        let found = registry.lookup(&batch.datasets).await?;
+        let records = model::records(&batch.datasets, &found, &settings.policy, settings.origin);
+        let place = EventPlace {
+            topic: OPERATOR_TOPIC.to_owned(),
+            partition: -1,
+            offset: i64::try_from(n).unwrap_or(i64::MAX),
+        };
+        let info = BatchInfo {
+            batch_id: batch.batch_id,
+            origin: settings.origin.name(),
+            batch_file: file,
+            place: &place,
+        };
+        let now = Utc::now();
+        let recorded = store.record_batch(&info, &records, now).await?;
+        let resolved = store
+            .resolve_failed(
+                batch.batch_id,
+                &format!(
+                    "registered by register-batch from {file}: {} datasets known, {} unknown",
+                    records.datasets.len(),
+                    records.unknown.len()
+                ),
+                now,
+            )
+            .await?;
+        out.push(Registered {
+            batch_file: file.clone(),
+            batch_id: batch.batch_id,
+            new_batch: recorded.new_batch,
+            datasets: recorded.datasets,
+            unknown: recorded.unknown,
+            resolved,
+        });
+    }
+    Ok(out)
+}
