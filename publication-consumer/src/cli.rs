@@ -78,6 +78,11 @@ pub enum Command {
     /// there, or register batches never announced. Idempotent; the batch's failed events are
     /// marked resolved. Prints a line per file.
     RegisterBatch(Box<RegisterArgs>),
+    /// Backfill the datasets of RUN collections (the Prompt Publication Service's
+    /// `register_embargo_collections`): prints their counts per dataset type, asks for
+    /// confirmation (unless `--yes`), and records them as events would, in batches of 10,000.
+    /// Idempotent.
+    RegisterCollections(Box<RegisterCollectionsArgs>),
 }
 
 /// Arguments of `publication-consumer register-batch`.
@@ -87,14 +92,42 @@ pub struct RegisterArgs {
     #[arg(required = true)]
     pub files: Vec<String>,
 
-    /// The registry's repository, as for `serve`.
-    #[arg(long, env = "BUTLER_REPOSITORY")]
-    pub butler_repository: String,
-
     /// Where relative batch file names are (the writer's directory, as for `serve`); the
     /// working directory when not set.
     #[arg(long, env = "OUTPUT_DATASET_LIST_DIRECTORY")]
     pub batch_directory: Option<String>,
+
+    /// The repository, the state and the policy, as for `serve`.
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+/// Arguments of `publication-consumer register-collections`.
+#[derive(Debug, Args)]
+pub struct RegisterCollectionsArgs {
+    /// RUN collections of the registry.
+    #[arg(required = true)]
+    pub collections: Vec<String>,
+
+    /// Only datasets of these types (repeatable); all when not given.
+    #[arg(long = "dataset-type")]
+    pub dataset_types: Vec<String>,
+
+    /// Do not ask for confirmation after printing the counts.
+    #[arg(long)]
+    pub yes: bool,
+
+    /// The repository, the state and the policy, as for `serve`.
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+/// What the operator commands share with `serve`: the repository, the state, the policy.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// The registry's repository, as for `serve`.
+    #[arg(long, env = "BUTLER_REPOSITORY")]
+    pub butler_repository: String,
 
     /// The state database, as for `serve`. Its password is never printed.
     #[arg(long, env = "PUBLICATION_DATABASE_URL", hide_env_values = true)]
@@ -119,7 +152,7 @@ pub struct RegisterArgs {
     )]
     pub release_exposure_only: bool,
 
-    /// The origin the batches are recorded with.
+    /// The origin the datasets are recorded with.
     #[arg(long, default_value = DEFAULT_ORIGIN)]
     pub origin: String,
 
@@ -128,9 +161,9 @@ pub struct RegisterArgs {
     pub db_auth: Option<PathBuf>,
 }
 
-impl RegisterArgs {
-    /// Validated settings, or one line saying what to change.
-    pub fn into_settings(self) -> Result<(RegisterSettings, Vec<String>), ConfigError> {
+impl OperatorArgs {
+    /// Validated settings (without a batch directory), or one line saying what to change.
+    pub fn into_settings(self) -> Result<RegisterSettings, ConfigError> {
         let origin = Origin::from_name(&self.origin).ok_or_else(|| {
             ConfigError::new(format!(
                 "--origin {:?} is not an origin (known: {})",
@@ -151,21 +184,27 @@ impl RegisterArgs {
         if self.db_auth.is_some() {
             database.auth_file = self.db_auth;
         }
-        Ok((
-            RegisterSettings {
-                butler_repository: self.butler_repository,
-                batch_directory: self.batch_directory.filter(|d| !d.is_empty()),
-                database_url: self
-                    .database_url
-                    .filter(|u| !u.is_empty())
-                    .map(SecretString::from),
-                schema: self.schema,
-                database,
-                policy: load_policy(self.policy_file.as_deref(), self.release_exposure_only)?,
-                origin,
-            },
-            self.files,
-        ))
+        Ok(RegisterSettings {
+            butler_repository: self.butler_repository,
+            batch_directory: None,
+            database_url: self
+                .database_url
+                .filter(|u| !u.is_empty())
+                .map(SecretString::from),
+            schema: self.schema,
+            database,
+            policy: load_policy(self.policy_file.as_deref(), self.release_exposure_only)?,
+            origin,
+        })
+    }
+}
+
+impl RegisterArgs {
+    /// Validated settings and the files, or one line saying what to change.
+    pub fn into_settings(self) -> Result<(RegisterSettings, Vec<String>), ConfigError> {
+        let mut settings = self.operator.into_settings()?;
+        settings.batch_directory = self.batch_directory.filter(|d| !d.is_empty());
+        Ok((settings, self.files))
     }
 }
 
@@ -364,6 +403,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::RegisterBatch(args) => register(*args).await,
+        Command::RegisterCollections(args) => register_collections(*args).await,
     }
 }
 
@@ -409,6 +449,63 @@ async fn register(args: RegisterArgs) -> ExitCode {
     }
 }
 
+async fn register_collections(args: RegisterCollectionsArgs) -> ExitCode {
+    let RegisterCollectionsArgs {
+        collections,
+        dataset_types,
+        yes,
+        operator,
+    } = args;
+    let settings = match operator.into_settings() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{PROGRAM}: {}", service_kit::chain(&error));
+            return ExitCode::from(2);
+        }
+    };
+    let confirm = |found: &std::collections::BTreeMap<String, usize>| {
+        // The counts and the question are the command's output.
+        #[allow(clippy::print_stdout)]
+        {
+            for (dataset_type, n) in found {
+                println!("{dataset_type}: {n}");
+            }
+            println!("total: {}", found.values().sum::<usize>());
+            if yes {
+                return true;
+            }
+            println!("Record these datasets? [y/N]");
+        }
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).is_ok()
+            && matches!(answer.trim(), "y" | "Y" | "yes")
+    };
+    match crate::register::register_collections(&settings, &collections, &dataset_types, confirm)
+        .await
+    {
+        Ok(done) => {
+            #[allow(clippy::print_stdout)]
+            {
+                if done.found.is_empty() {
+                    println!("no datasets in {}", collections.join(", "));
+                } else if done.confirmed {
+                    println!(
+                        "recorded: {} datasets added, {} new batches",
+                        done.datasets, done.new_batches
+                    );
+                } else {
+                    println!("nothing recorded");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{PROGRAM}: {}", service_kit::chain(&error));
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// How the consumer names itself on stderr.
 const PROGRAM: &str = "publication-consumer";
 
@@ -424,7 +521,9 @@ mod tests {
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         match cli.command {
             Command::Serve(args) => args.into_settings().map_err(|e| service_kit::chain(&e)),
-            Command::RegisterBatch(_) => Err("not serve".to_owned()),
+            Command::RegisterBatch(_) | Command::RegisterCollections(_) => {
+                Err("not serve".to_owned())
+            }
         }
     }
 
@@ -437,7 +536,9 @@ mod tests {
                 .into_settings()
                 .map(|(settings, _)| settings)
                 .map_err(|e| service_kit::chain(&e)),
-            Command::Serve(_) => Err("not register-batch".to_owned()),
+            Command::Serve(_) | Command::RegisterCollections(_) => {
+                Err("not register-batch".to_owned())
+            }
         }
     }
 

@@ -1,5 +1,8 @@
-//! `publication-consumer register-batch`: records batch files as their events would have, for an
-//! operator (the Prompt Publication Service's `register_embargo_batch`). It re-drives an event
+//! `publication-consumer register-batch` and `register-collections`: datasets recorded by an
+//! operator as events would have recorded them.
+//!
+//! `register-batch` records batch files (the Prompt Publication Service's
+//! `register_embargo_batch`). It re-drives an event
 //! given up on (its batch file appeared after `PUBLICATION_BATCH_FILE_WAIT_SECONDS`, or was
 //! restored), and registers batches that were never announced.
 //!
@@ -7,6 +10,13 @@
 //! transaction through the same code as an event ([`Store::record_batch`]), so it is idempotent:
 //! a batch recorded before changes nothing. The failed events of the batch's id are then marked
 //! resolved, so that `/api/v1/failed-events` and the counts list only what still needs a hand.
+//!
+//! `register-collections` backfills whole RUN collections (PPS's `register_embargo_collections`):
+//! their datasets, of some dataset types if asked, are counted per type, confirmed, and recorded
+//! in chunks of [`COLLECTION_CHUNK`] as batches whose ids derive from their first dataset's, so a
+//! second run over unchanged collections records nothing new.
+
+use std::collections::BTreeMap;
 
 use butler_repository::{ButlerConfig, DatabaseError, PoolSettings, RepositoryError};
 use chrono::Utc;
@@ -18,11 +28,17 @@ use uuid::Uuid;
 use crate::consume::batch_path;
 use crate::model;
 use crate::policy::{Origin, Policy};
-use crate::registry::{RegistryReader, StartError};
+use crate::registry::{CollectionsError, RegistryReader, StartError};
 use crate::store::{BatchInfo, EventPlace, Store};
 
 /// Where an operator's registrations are recorded as coming from, in place of a topic.
 pub const OPERATOR_TOPIC: &str = "(register-batch)";
+/// Where a backfill's batches are recorded as coming from.
+pub const BACKFILL_TOPIC: &str = "(register-collections)";
+/// Datasets per backfill batch.
+pub const COLLECTION_CHUNK: usize = 10_000;
+/// XORed with a chunk's first dataset id to make its batch id.
+const BACKFILL_BATCH_NAMESPACE: u128 = 0x8d3a_61f0_5b2e_4c79_a1d4_0c6e_2f97_b350;
 
 /// What `register-batch` runs with.
 #[derive(Debug, Clone)]
@@ -83,17 +99,21 @@ pub enum RegisterError {
         /// What is wrong.
         message: String,
     },
+    /// The collections cannot be listed.
+    #[error(transparent)]
+    Collections(#[from] CollectionsError),
     /// A database failed.
     #[error(transparent)]
     Database(#[from] DatabaseError),
 }
 
-/// Registers `files` in order; stops at the first that cannot be registered, the ones before
-/// it recorded.
-pub async fn register_batches(
-    settings: &RegisterSettings,
-    files: &[String],
-) -> Result<Vec<Registered>, RegisterError> {
+/// The registry and the state database, opened for an operator's command.
+struct Opened {
+    registry: RegistryReader,
+    store: Store,
+}
+
+async fn open(settings: &RegisterSettings) -> Result<Opened, RegisterError> {
     let config = ButlerConfig::load(&settings.butler_repository).await?;
     let registry = RegistryReader::connect(&config, &settings.database)
         .await
@@ -111,6 +131,16 @@ pub async fn register_batches(
             what: "state database",
             source,
         })?;
+    Ok(Opened { registry, store })
+}
+
+/// Registers `files` in order; stops at the first that cannot be registered, the ones before
+/// it recorded.
+pub async fn register_batches(
+    settings: &RegisterSettings,
+    files: &[String],
+) -> Result<Vec<Registered>, RegisterError> {
+    let Opened { registry, store } = open(settings).await?;
     let directory = match &settings.batch_directory {
         Some(directory) => ResourcePath::parse(directory),
         None => ResourcePath::parse(
@@ -167,6 +197,62 @@ pub async fn register_batches(
             unknown: recorded.unknown,
             resolved,
         });
+    }
+    Ok(out)
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backfilled {
+    /// Datasets found, per dataset type.
+    pub found: BTreeMap<String, usize>,
+    /// Whether the operator confirmed (or `--yes`).
+    pub confirmed: bool,
+    /// Batches recorded that had not been before.
+    pub new_batches: u64,
+    /// Dataset rows added.
+    pub datasets: u64,
+}
+
+/// Backfills the datasets of RUN collections `runs` (of `dataset_types` only, when any are
+/// given): counts them per type, asks `confirm` with the counts, and records them in chunks.
+pub async fn register_collections(
+    settings: &RegisterSettings,
+    runs: &[String],
+    dataset_types: &[String],
+    confirm: impl FnOnce(&BTreeMap<String, usize>) -> bool,
+) -> Result<Backfilled, RegisterError> {
+    let Opened { registry, store } = open(settings).await?;
+    let datasets = registry.datasets_in_runs(runs, dataset_types).await?;
+    let mut out = Backfilled::default();
+    for (_, dataset_type) in &datasets {
+        *out.found.entry(dataset_type.clone()).or_default() += 1;
+    }
+    if datasets.is_empty() || !confirm(&out.found) {
+        return Ok(out);
+    }
+    out.confirmed = true;
+    let ids: Vec<Uuid> = datasets.into_iter().map(|(id, _)| id).collect();
+    let source = format!("collections {}", runs.join(", "));
+    for (n, chunk) in ids.chunks(COLLECTION_CHUNK).enumerate() {
+        // Derived from the chunk's first dataset: the same collections give the same batches.
+        let batch_id = Uuid::from_u128(chunk[0].as_u128() ^ BACKFILL_BATCH_NAMESPACE);
+        let found = registry.lookup(chunk).await?;
+        let records = model::records(chunk, &found, &settings.policy, settings.origin);
+        let place = EventPlace {
+            topic: BACKFILL_TOPIC.to_owned(),
+            partition: -1,
+            offset: i64::try_from(n).unwrap_or(i64::MAX),
+        };
+        let info = BatchInfo {
+            batch_id,
+            origin: settings.origin.name(),
+            batch_file: &source,
+            place: &place,
+        };
+        let recorded = store.record_batch(&info, &records, Utc::now()).await?;
+        out.new_batches += u64::from(recorded.new_batch);
+        out.datasets += recorded.datasets;
     }
     Ok(out)
 }

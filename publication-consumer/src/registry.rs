@@ -185,6 +185,74 @@ impl RegistryReader {
     }
 }
 
+/// Why the datasets of collections cannot be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectionsError {
+    /// A collection the registry does not have.
+    #[error("the registry has no collection {0:?}")]
+    Missing(String),
+    /// A collection that is not a RUN.
+    #[error("{name:?} is a {kind} collection; datasets are registered from RUN collections")]
+    NotARun {
+        /// Its name.
+        name: String,
+        /// `TAGGED`, `CHAINED` or `CALIBRATION`.
+        kind: &'static str,
+    },
+    /// The query failed.
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+}
+
+impl RegistryReader {
+    /// The ids and dataset types of the datasets in RUN collections `runs`, of `dataset_types`
+    /// only when any are given, by id.
+    pub async fn datasets_in_runs(
+        &self,
+        runs: &[String],
+        dataset_types: &[String],
+    ) -> Result<Vec<(Uuid, String)>, CollectionsError> {
+        let ns = ident(&self.namespace);
+        let found: Vec<(String, i16)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT name, type FROM {ns}.collection WHERE name = ANY($1)"
+        )))
+        .bind(runs)
+        .fetch_all(&self.pool)
+        .await
+        .doing("looking collections up in the registry")?;
+        for run in runs {
+            match found.iter().find(|(name, _)| name == run) {
+                None => return Err(CollectionsError::Missing(run.clone())),
+                Some((_, 1)) => {}
+                Some((name, kind)) => {
+                    return Err(CollectionsError::NotARun {
+                        name: name.clone(),
+                        kind: match kind {
+                            2 => "TAGGED",
+                            3 => "CHAINED",
+                            _ => "CALIBRATION",
+                        },
+                    });
+                }
+            }
+        }
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT d.id, dt.name
+             FROM {ns}.dataset d
+             JOIN {ns}.dataset_type dt ON dt.id = d.dataset_type_id
+             JOIN {ns}.collection c ON c.collection_id = d.run_id
+             WHERE c.name = ANY($1) AND (cardinality($2::text[]) = 0 OR dt.name = ANY($2))
+             ORDER BY d.id"
+        )))
+        .bind(runs)
+        .bind(dataset_types)
+        .fetch_all(&self.pool)
+        .await
+        .doing("listing the datasets of collections")?;
+        Ok(rows)
+    }
+}
+
 /// Why a database could not be opened at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -476,3 +476,74 @@ async fn register_batch_re_drives_an_event_given_up_on_once_its_file_is_there() 
     assert!(stderr.contains("nonexistent.json"), "{stderr}");
     common::stop(consumer).await;
 }
+
+#[tokio::test]
+async fn register_collections_backfills_a_run_by_type_once_and_asks_first() {
+    let f = fixture(1).await;
+    ingest(&f, 7_001_600, 1, 9).await;
+    let mut registry = sqlx::PgConnection::connect(&f.registry.database_url)
+        .await
+        .unwrap();
+    let run: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT DISTINCT c.name FROM {ns}.dataset d JOIN {ns}.collection c ON c.collection_id = d.run_id",
+        ns = f.registry.namespace
+    )))
+    .fetch_one(&mut registry)
+    .await
+    .unwrap();
+    let schema = test_support::unique_name("pps");
+    let backfill = |args: &[&str], stdin: &str| {
+        let mut command = Command::new(BIN);
+        command.arg("register-collections").args(args);
+        for variable in VARIABLES
+            .iter()
+            .chain(publication_consumer::pps_variables::VARIABLES)
+        {
+            command.env_remove(variable);
+        }
+        let mut child = command
+            .env("BUTLER_REPOSITORY", &f.registry.butler_config)
+            .env("PUBLICATION_SCHEMA", &schema)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), stdin.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // Asked, and answered no: nothing recorded.
+    let (status, stdout, _) = backfill(&[&run], "n\n");
+    assert_eq!(status, Some(0));
+    assert!(
+        stdout.contains("total: 9") && stdout.contains("nothing recorded"),
+        "{stdout}"
+    );
+    // One type, without asking.
+    let (_, stdout, _) = backfill(
+        &[&run, "--dataset-type", "preliminary_visit_image", "--yes"],
+        "",
+    );
+    assert!(
+        stdout.contains("preliminary_visit_image: 3\ntotal: 3\nrecorded: 3 datasets added"),
+        "{stdout}"
+    );
+    // All of them: the other six; then nothing new.
+    let (_, stdout, _) = backfill(&[&run, "--yes"], "");
+    assert!(stdout.contains("recorded: 6 datasets added"), "{stdout}");
+    let (_, stdout, _) = backfill(&[&run, "--yes"], "");
+    assert!(
+        stdout.contains("recorded: 0 datasets added, 0 new batches"),
+        "{stdout}"
+    );
+    // A collection the registry does not have: one line, exit status 1.
+    let (status, _, stderr) = backfill(&["no/such/run", "--yes"], "");
+    assert_eq!(status, Some(1));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no collection \"no/such/run\""), "{stderr}");
+}
