@@ -137,20 +137,9 @@ pub struct OperatorArgs {
     #[arg(long, env = "PUBLICATION_SCHEMA", default_value = DEFAULT_SCHEMA)]
     pub schema: String,
 
-    /// The release policy file, as for `serve`.
-    #[arg(long, env = "PUBLICATION_POLICY_FILE")]
-    pub policy_file: Option<PathBuf>,
-
-    /// As for `serve`.
-    #[arg(
-        long,
-        env = "PUBLICATION_RELEASE_EXPOSURE_ONLY",
-        default_value_t = false,
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
-    pub release_exposure_only: bool,
+    /// The release policy, as for `serve`.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 
     /// The origin the datasets are recorded with.
     #[arg(long, default_value = DEFAULT_ORIGIN)]
@@ -193,7 +182,7 @@ impl OperatorArgs {
                 .map(SecretString::from),
             schema: self.schema,
             database,
-            policy: load_policy(self.policy_file.as_deref(), self.release_exposure_only)?,
+            policy: self.policy.load()?,
             origin,
         })
     }
@@ -208,18 +197,38 @@ impl RegisterArgs {
     }
 }
 
-/// The release policy: the file's, or the deployed table.
-fn load_policy(
-    file: Option<&std::path::Path>,
-    release_exposure_only: bool,
-) -> Result<Policy, ConfigError> {
-    let mut policy = match file {
-        Some(path) => Policy::load(path)
-            .map_err(|e| ConfigError::new(format!("PUBLICATION_POLICY_FILE: {e}")))?,
-        None => Policy::deployed(),
-    };
-    policy.release_exposure_only = release_exposure_only;
-    Ok(policy)
+/// The release policy's settings, shared by `serve` and the operator commands.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// The release policy, a YAML file of profiles (embargo hours, publish to public, retention
+    /// days, dataset types) per origin; the deployed table (built in) when not set.
+    #[arg(long, env = "PUBLICATION_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// Release datasets that have an exposure but no visit from the end of their exposure; the
+    /// deployed service never releases them.
+    #[arg(
+        long,
+        env = "PUBLICATION_RELEASE_EXPOSURE_ONLY",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub release_exposure_only: bool,
+}
+
+impl PolicyArgs {
+    /// The release policy: the file's, or the deployed table.
+    pub fn load(&self) -> Result<Policy, ConfigError> {
+        let mut policy = match &self.policy_file {
+            Some(path) => Policy::load(path)
+                .map_err(|e| ConfigError::new(format!("PUBLICATION_POLICY_FILE: {e}")))?,
+            None => Policy::deployed(),
+        };
+        policy.release_exposure_only = self.release_exposure_only;
+        Ok(policy)
+    }
 }
 
 /// What `serve --help` says of the Prompt Publication Service's variables.
@@ -269,22 +278,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PUBLICATION_SCHEMA", default_value = DEFAULT_SCHEMA)]
     pub schema: String,
 
-    /// The release policy, a YAML file of profiles (embargo hours, publish to public, retention
-    /// days, dataset types) per origin; the deployed table (built in) when not set.
-    #[arg(long, env = "PUBLICATION_POLICY_FILE")]
-    pub policy_file: Option<PathBuf>,
-
-    /// Release datasets that have an exposure but no visit from the end of their exposure; the
-    /// deployed service never releases them.
-    #[arg(
-        long,
-        env = "PUBLICATION_RELEASE_EXPOSURE_ONLY",
-        default_value_t = false,
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
-    pub release_exposure_only: bool,
+    /// `--policy-file` (`PUBLICATION_POLICY_FILE`) and `--release-exposure-only`
+    /// (`PUBLICATION_RELEASE_EXPOSURE_ONLY`).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 
     /// Accepted event origins, comma-separated; others are recorded as failed and skipped.
     #[arg(long, env = "PUBLICATION_ORIGINS", value_delimiter = ',', default_value = DEFAULT_ORIGIN)]
@@ -345,7 +342,7 @@ impl ServeArgs {
                  the release policy (PUBLICATION_POLICY_FILE; the deployed table by default)",
             ));
         }
-        let policy = load_policy(self.policy_file.as_deref(), self.release_exposure_only)?;
+        let policy = self.policy.load()?;
         let mut database = PoolSettings {
             max_connections: self.db_max_connections,
             ..PoolSettings::default()

@@ -66,54 +66,43 @@ fn help_lists_every_variable_and_hides_the_password() {
     assert!(!help.contains("sesame"));
 }
 
-#[test]
-fn a_configuration_error_stops_at_start_up_with_one_line() {
+/// `serve` with nothing in its environment but the three required settings (a repository that
+/// does not exist, an unreachable broker) and `variables`: its exit status and its stderr, which
+/// must be one line.
+fn serve_with(variables: &[(&str, &std::ffi::OsStr)]) -> (Option<i32>, String) {
     let output = Command::new(BIN)
         .arg("serve")
         .env_clear()
         .env("BUTLER_REPOSITORY", "/nonexistent/butler.yaml")
         .env("KAFKA_CLUSTER", "127.0.0.1:1")
         .env("OUTPUT_DATASET_LIST_DIRECTORY", "/tmp/")
-        .env("PUBLICATION_SCHEMA", "Not-A-Schema")
+        .envs(variables.iter().copied())
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    (output.status.code(), stderr)
+}
+
+#[test]
+fn a_configuration_error_stops_at_start_up_with_one_line() {
+    let os = std::ffi::OsStr::new;
+    let (status, stderr) = serve_with(&[("PUBLICATION_SCHEMA", os("Not-A-Schema"))]);
+    assert_eq!(status, Some(2));
     assert!(stderr.contains("PUBLICATION_SCHEMA"), "{stderr}");
 
     // A PPS variable and ours disagreeing: one line naming both.
-    let output = Command::new(BIN)
-        .arg("serve")
-        .env_clear()
-        .env("BUTLER_REPOSITORY", "/nonexistent/butler.yaml")
-        .env("KAFKA_CLUSTER", "127.0.0.1:1")
-        .env("OUTPUT_DATASET_LIST_DIRECTORY", "/tmp/")
-        .env("PROMPTPUB_KAFKA_TOPIC", "a")
-        .env("KAFKA_TOPIC", "b")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (status, stderr) =
+        serve_with(&[("PROMPTPUB_KAFKA_TOPIC", os("a")), ("KAFKA_TOPIC", os("b"))]);
+    assert_eq!(status, Some(2));
     assert!(
         stderr.contains("PROMPTPUB_KAFKA_TOPIC and KAFKA_TOPIC"),
         "{stderr}"
     );
 
     // The former EMBARGO_HOURS is refused, not ignored: the policy has the embargo now.
-    let output = Command::new(BIN)
-        .arg("serve")
-        .env_clear()
-        .env("BUTLER_REPOSITORY", "/nonexistent/butler.yaml")
-        .env("KAFKA_CLUSTER", "127.0.0.1:1")
-        .env("OUTPUT_DATASET_LIST_DIRECTORY", "/tmp/")
-        .env("EMBARGO_HOURS", "80")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (status, stderr) = serve_with(&[("EMBARGO_HOURS", os("80"))]);
+    assert_eq!(status, Some(2));
     assert!(stderr.contains("PUBLICATION_POLICY_FILE"), "{stderr}");
 
     // A policy file with a mistake: one line naming the file and the mistake.
@@ -125,36 +114,16 @@ fn a_configuration_error_stops_at_start_up_with_one_line() {
          publish_to_public: yes_please, retention_days: null, dataset_types: [a]}\n",
     )
     .unwrap();
-    let output = Command::new(BIN)
-        .arg("serve")
-        .env_clear()
-        .env("BUTLER_REPOSITORY", "/nonexistent/butler.yaml")
-        .env("KAFKA_CLUSTER", "127.0.0.1:1")
-        .env("OUTPUT_DATASET_LIST_DIRECTORY", "/tmp/")
-        .env("PUBLICATION_POLICY_FILE", &policy)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (status, stderr) = serve_with(&[("PUBLICATION_POLICY_FILE", policy.as_os_str())]);
+    assert_eq!(status, Some(2));
     assert!(
         stderr.contains("policy.yaml") && stderr.contains("publish_to_public"),
         "{stderr}"
     );
 
     // A repository that does not exist is fatal too, not retried for ever.
-    let output = Command::new(BIN)
-        .arg("serve")
-        .env_clear()
-        .env("BUTLER_REPOSITORY", "/nonexistent/butler.yaml")
-        .env("KAFKA_CLUSTER", "127.0.0.1:1")
-        .env("OUTPUT_DATASET_LIST_DIRECTORY", "/tmp/")
-        .env("PUBLICATION_LOG_LEVEL", "off")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (status, stderr) = serve_with(&[("PUBLICATION_LOG_LEVEL", os("off"))]);
+    assert_eq!(status, Some(1));
     assert!(stderr.contains("/nonexistent/butler.yaml"), "{stderr}");
 }
 
