@@ -99,6 +99,8 @@ SERVICES: dict[str, dict[str, Any]] = {
         "structs": [
             ("publication-consumer/src/cli.rs", "Cli"),
             ("publication-consumer/src/cli.rs", "ServeArgs"),
+            # Flattened into `serve`: the release policy's file and option.
+            ("publication-consumer/src/cli.rs", "PolicyArgs"),
             # Flattened into `serve`: the metrics events' METRICS_*, SCHEMA_MANAGER_*.
             ("app-metrics/src/settings.rs", "MetricsArgs"),
         ],
