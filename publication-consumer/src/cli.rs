@@ -26,6 +26,7 @@ use crate::register::RegisterSettings;
 use crate::settings::{
     DEFAULT_BATCH_FILE_WAIT_SECONDS, DEFAULT_GROUP_ID, DEFAULT_ORIGIN, DEFAULT_SCHEMA, Settings,
 };
+use crate::store::EventPlace;
 
 /// The broker variables: the writer's, so one deployment's values serve both; the protocol and
 /// CA file are the consumer's.
@@ -83,6 +84,58 @@ pub enum Command {
     /// confirmation (unless `--yes`), and records them as events would, in batches of 10,000.
     /// Idempotent.
     RegisterCollections(Box<RegisterCollectionsArgs>),
+    /// List the failed events (skipped and recorded), oldest first, a line each:
+    /// `<topic>:<partition>:<offset> <reason> ...`; the resolved ones too with `--all`.
+    FailedEvents(Box<FailedEventsArgs>),
+    /// Mark one failed event resolved without recording anything, an operator's explicit
+    /// decision to leave it (to record its batch instead, use `register-batch`).
+    ResolveFailed(Box<ResolveFailedArgs>),
+}
+
+/// Arguments of `publication-consumer failed-events`.
+#[derive(Debug, Args)]
+pub struct FailedEventsArgs {
+    /// The resolved ones too, with when and how.
+    #[arg(long)]
+    pub all: bool,
+
+    /// The repository and the state, as for `serve`.
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+/// Arguments of `publication-consumer resolve-failed`.
+#[derive(Debug, Args)]
+pub struct ResolveFailedArgs {
+    /// The event, `<topic>:<partition>:<offset>` as `failed-events` prints it.
+    pub event: String,
+
+    /// Why it is left, recorded with it.
+    #[arg(long)]
+    pub reason: String,
+
+    /// The repository and the state, as for `serve`.
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+/// An event's place from `<topic>:<partition>:<offset>` (the topic may hold colons).
+fn event_place(text: &str) -> Result<EventPlace, ConfigError> {
+    let refuse = || {
+        ConfigError::new(format!(
+            "{text:?} is not an event: <topic>:<partition>:<offset>, as failed-events prints it"
+        ))
+    };
+    let (rest, offset) = text.rsplit_once(':').ok_or_else(refuse)?;
+    let (topic, partition) = rest.rsplit_once(':').ok_or_else(refuse)?;
+    if topic.is_empty() {
+        return Err(refuse());
+    }
+    Ok(EventPlace {
+        topic: topic.to_owned(),
+        partition: partition.parse().map_err(|_| refuse())?,
+        offset: offset.parse().map_err(|_| refuse())?,
+    })
 }
 
 /// Arguments of `publication-consumer register-batch`.
@@ -401,6 +454,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(*args).await,
         Command::RegisterBatch(args) => register(*args).await,
         Command::RegisterCollections(args) => register_collections(*args).await,
+        Command::FailedEvents(args) => failed_events(*args).await,
+        Command::ResolveFailed(args) => resolve_failed(*args).await,
     }
 }
 
@@ -411,10 +466,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 async fn register(args: RegisterArgs) -> ExitCode {
     let (settings, files) = match args.into_settings() {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("{PROGRAM}: {}", service_kit::chain(&error));
-            return ExitCode::from(2);
-        }
+        Err(error) => return config_error(&error),
     };
     match crate::register::register_batches(&settings, &files).await {
         Ok(registered) => {
@@ -439,10 +491,7 @@ async fn register(args: RegisterArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("{PROGRAM}: {}", service_kit::chain(&error));
-            ExitCode::from(1)
-        }
+        Err(error) => fatal(&error),
     }
 }
 
@@ -455,10 +504,7 @@ async fn register_collections(args: RegisterCollectionsArgs) -> ExitCode {
     } = args;
     let settings = match operator.into_settings() {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("{PROGRAM}: {}", service_kit::chain(&error));
-            return ExitCode::from(2);
-        }
+        Err(error) => return config_error(&error),
     };
     let confirm = |found: &std::collections::BTreeMap<String, usize>| {
         // The counts and the question are the command's output.
@@ -496,11 +542,87 @@ async fn register_collections(args: RegisterCollectionsArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("{PROGRAM}: {}", service_kit::chain(&error));
+        Err(error) => fatal(&error),
+    }
+}
+
+async fn failed_events(args: FailedEventsArgs) -> ExitCode {
+    let settings = match args.operator.into_settings() {
+        Ok(settings) => settings,
+        Err(error) => return config_error(&error),
+    };
+    match crate::register::failed_events(&settings, args.all).await {
+        Ok(events) => {
+            for e in events {
+                let text = |key: &str| e[key].as_str().unwrap_or("-").to_owned();
+                let mut line = format!(
+                    "{}:{}:{} {} batch={} file={} at={}: {}",
+                    text("topic"),
+                    e["partition"],
+                    e["offset"],
+                    text("reason"),
+                    text("batch_id"),
+                    text("batch_file"),
+                    text("recorded_at"),
+                    text("detail")
+                );
+                if args.all && !e["resolved_at"].is_null() {
+                    line.push_str(&format!(
+                        " [resolved {}: {}]",
+                        text("resolved_at"),
+                        text("resolution")
+                    ));
+                }
+                // The list is the command's output.
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{line}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => fatal(&error),
+    }
+}
+
+async fn resolve_failed(args: ResolveFailedArgs) -> ExitCode {
+    let place = match event_place(&args.event) {
+        Ok(place) => place,
+        Err(error) => return config_error(&error),
+    };
+    let settings = match args.operator.into_settings() {
+        Ok(settings) => settings,
+        Err(error) => return config_error(&error),
+    };
+    match crate::register::resolve_failed(&settings, &place, &args.reason).await {
+        Ok(true) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}: resolved", args.event);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!(
+                "{PROGRAM}: no unresolved failed event at {} (failed-events lists them)",
+                args.event
+            );
             ExitCode::from(1)
         }
+        Err(error) => fatal(&error),
     }
+}
+
+/// A configuration error: one line, exit status 2.
+fn config_error(error: &ConfigError) -> ExitCode {
+    eprintln!("{PROGRAM}: {}", service_kit::chain(error));
+    ExitCode::from(2)
+}
+
+/// A failure: one line, exit status 1.
+fn fatal(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    eprintln!("{PROGRAM}: {}", service_kit::chain(error));
+    ExitCode::from(1)
 }
 
 /// How the consumer names itself on stderr.
@@ -518,9 +640,7 @@ mod tests {
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         match cli.command {
             Command::Serve(args) => args.into_settings().map_err(|e| service_kit::chain(&e)),
-            Command::RegisterBatch(_) | Command::RegisterCollections(_) => {
-                Err("not serve".to_owned())
-            }
+            _ => Err("not serve".to_owned()),
         }
     }
 
@@ -533,9 +653,19 @@ mod tests {
                 .into_settings()
                 .map(|(settings, _)| settings)
                 .map_err(|e| service_kit::chain(&e)),
-            Command::Serve(_) | Command::RegisterCollections(_) => {
-                Err("not register-batch".to_owned())
-            }
+            _ => Err("not register-batch".to_owned()),
+        }
+    }
+
+    #[test]
+    fn event_places_are_topic_partition_offset() {
+        let place = super::event_place("a:b:3:42").expect("valid");
+        assert_eq!(
+            (place.topic.as_str(), place.partition, place.offset),
+            ("a:b", 3, 42)
+        );
+        for bad in ["", "t:1", ":1:2", "t:x:2", "t:1:y"] {
+            assert!(super::event_place(bad).is_err(), "{bad}");
         }
     }
 

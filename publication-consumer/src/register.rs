@@ -256,3 +256,48 @@ pub async fn register_collections(
     }
     Ok(out)
 }
+
+/// The state database alone, for the commands that read or resolve failed events.
+async fn open_store(settings: &RegisterSettings) -> Result<Store, RegisterError> {
+    let state_url = match &settings.database_url {
+        Some(url) => url.expose_secret().to_owned(),
+        None => {
+            ButlerConfig::load(&settings.butler_repository)
+                .await?
+                .registry_db
+        }
+    };
+    Store::open(&state_url, &settings.database, &settings.schema)
+        .await
+        .map_err(|source| RegisterError::Open {
+            what: "state database",
+            source,
+        })
+}
+
+/// The failed events, oldest first: the unresolved ones, or all with `resolved`.
+pub async fn failed_events(
+    settings: &RegisterSettings,
+    resolved: bool,
+) -> Result<Vec<serde_json::Value>, RegisterError> {
+    let store = open_store(settings).await?;
+    Ok(store.failed_events_with(i64::MAX, resolved).await?)
+}
+
+/// Marks the failed event at `place` resolved without recording anything: an operator's
+/// explicit decision to leave it (its batch will never come, it was a test, ...). False when
+/// there is no unresolved failed event there.
+pub async fn resolve_failed(
+    settings: &RegisterSettings,
+    place: &EventPlace,
+    resolution: &str,
+) -> Result<bool, RegisterError> {
+    let store = open_store(settings).await?;
+    Ok(store
+        .resolve_failed_at(
+            place,
+            &format!("skipped by an operator: {resolution}"),
+            Utc::now(),
+        )
+        .await?)
+}

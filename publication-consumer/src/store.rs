@@ -687,21 +687,33 @@ impl Store {
             .doing("reading a dataset")
     }
 
-    /// Failed events, oldest first, after `(topic, partition, offset)` ordering by recorded time.
+    /// Failed events not yet resolved, oldest first, after `(topic, partition, offset)` ordering
+    /// by recorded time.
     pub async fn failed_events(&self, limit: i64) -> Result<Vec<serde_json::Value>, DatabaseError> {
+        self.failed_events_with(limit, false).await
+    }
+
+    /// Failed events, oldest first, the resolved ones too when `resolved` (with `resolved_at`
+    /// and `resolution`).
+    pub async fn failed_events_with(
+        &self,
+        limit: i64,
+        resolved: bool,
+    ) -> Result<Vec<serde_json::Value>, DatabaseError> {
         let rows = sqlx::query(
             "SELECT topic, kafka_partition, kafka_offset, reason, detail, batch_id, batch_file,
-                    recorded_at
-             FROM failed_event WHERE resolved_at IS NULL
+                    recorded_at, resolved_at, resolution
+             FROM failed_event WHERE $2 OR resolved_at IS NULL
              ORDER BY recorded_at, topic, kafka_partition, kafka_offset LIMIT $1",
         )
         .bind(limit)
+        .bind(resolved)
         .fetch_all(&self.pool)
         .await
         .doing("listing failed events")?;
         rows.into_iter()
             .map(|row| {
-                Ok(serde_json::json!({
+                let mut event = serde_json::json!({
                     "topic": row.try_get::<String, _>("topic")?,
                     "partition": row.try_get::<i32, _>("kafka_partition")?,
                     "offset": row.try_get::<i64, _>("kafka_offset")?,
@@ -710,10 +722,41 @@ impl Store {
                     "batch_id": row.try_get::<Option<Uuid>, _>("batch_id")?,
                     "batch_file": row.try_get::<Option<String>, _>("batch_file")?,
                     "recorded_at": row.try_get::<DateTime<Utc>, _>("recorded_at")?,
-                }))
+                });
+                if resolved {
+                    event["resolved_at"] =
+                        serde_json::json!(row.try_get::<Option<DateTime<Utc>>, _>("resolved_at")?);
+                    event["resolution"] =
+                        serde_json::json!(row.try_get::<Option<String>, _>("resolution")?);
+                }
+                Ok(event)
             })
             .collect::<Result<_, sqlx::Error>>()
             .doing("reading failed events")
+    }
+
+    /// Marks the failed event at `place` resolved, saying how; false when there is no such
+    /// event or it was resolved before.
+    pub async fn resolve_failed_at(
+        &self,
+        place: &EventPlace,
+        resolution: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, DatabaseError> {
+        sqlx::query(
+            "UPDATE failed_event SET resolved_at = $4, resolution = $5
+             WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3
+               AND resolved_at IS NULL",
+        )
+        .bind(&place.topic)
+        .bind(place.partition)
+        .bind(place.offset)
+        .bind(now)
+        .bind(resolution)
+        .execute(&self.pool)
+        .await
+        .doing("marking a failed event resolved")
+        .map(|r| r.rows_affected() == 1)
     }
 
     /// Marks the unresolved failed events of batch `batch_id` resolved, saying how; returns how

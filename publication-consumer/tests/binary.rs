@@ -389,6 +389,32 @@ async fn register_batch_re_drives_an_event_given_up_on_once_its_file_is_there() 
     let address = service_kit::ServiceHandle::http_address(&consumer);
     common::wait_for_counts(address, Duration::from_secs(60), |c| c.failed_events == 1).await;
 
+    // The operator lists it.
+    let operator = |args: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.args(args);
+        for variable in VARIABLES
+            .iter()
+            .chain(publication_consumer::pps_variables::VARIABLES)
+        {
+            command.env_remove(variable);
+        }
+        command
+            .env("BUTLER_REPOSITORY", &f.registry.butler_config)
+            .env("PUBLICATION_SCHEMA", &schema)
+            .output()
+            .unwrap()
+    };
+    let listed = String::from_utf8(operator(&["failed-events"]).stdout).unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(
+        listed.starts_with(&format!(
+            "{}:0:0 batch_file_missing batch={}",
+            f.topics.events, batches[0].batch_id
+        )),
+        "{listed}"
+    );
+
     // The file turns up; the operator registers it, twice.
     std::fs::write(&file, batches[0].to_json()).unwrap();
     let register = || {
@@ -421,6 +447,12 @@ async fn register_batch_re_drives_an_event_given_up_on_once_its_file_is_there() 
     assert_eq!((counts.datasets, counts.failed_events), (6, 0));
     let (_, failed) = common::get_json(address, "/api/v1/failed-events").await;
     assert_eq!(failed["failed_events"].as_array().unwrap().len(), 0);
+    assert_eq!(operator(&["failed-events"]).stdout, b"");
+    let all = String::from_utf8(operator(&["failed-events", "--all"]).stdout).unwrap();
+    assert!(
+        all.contains("[resolved ") && all.contains("registered by register-batch"),
+        "{all}"
+    );
     let output = register();
     assert!(
         String::from_utf8_lossy(&output.stdout).contains(
@@ -428,6 +460,30 @@ async fn register_batch_re_drives_an_event_given_up_on_once_its_file_is_there() 
         ),
         "{output:?}"
     );
+
+    // An event no one can use: the operator leaves it, explicitly, once.
+    common::produce(
+        f.env.kafka_bootstrap(),
+        &f.topics.events,
+        &[b"not an event".to_vec()],
+        Some(0),
+    )
+    .await;
+    common::wait_for_counts(address, Duration::from_secs(60), |c| c.failed_events == 1).await;
+    let listed = String::from_utf8(operator(&["failed-events"]).stdout).unwrap();
+    let place = listed.split(' ').next().unwrap().to_owned();
+    assert_eq!(place, format!("{}:0:1", f.topics.events), "{listed}");
+    let output = operator(&["resolve-failed", &place, "--reason", "a test event"]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("{place}: resolved")
+    );
+    assert_eq!(common::counts(address).await.failed_events, 0);
+    let output = operator(&["resolve-failed", &place, "--reason", "again"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no unresolved failed event"), "{stderr}");
 
     // A file that is not there: one line, exit status 1.
     let mut command = Command::new(BIN);
