@@ -365,6 +365,7 @@ impl Processor {
             match path.read().await {
                 Ok(bytes) => {
                     self.health.set(Dependency::Storage, true, None);
+                    self.metrics.batch_file_waiting_seconds.set(0);
                     break bytes;
                 }
                 Err(e) if e.is_transient() => {
@@ -377,7 +378,23 @@ impl Processor {
                 }
                 Err(e) => {
                     let missing = e.is_not_found();
+                    // The event is held, and the events behind it with it: not ready, and the
+                    // wait in a gauge, until the file is there or the wait is over.
+                    self.health.set(
+                        Dependency::Storage,
+                        false,
+                        Some(format!(
+                            "batch file {path} of batch {} not readable for {:.0} s: {e}",
+                            event.batch_id,
+                            started.elapsed().as_secs_f64()
+                        )),
+                    );
+                    self.metrics
+                        .batch_file_waiting_seconds
+                        .set(i64::try_from(started.elapsed().as_secs()).unwrap_or(i64::MAX));
                     if started.elapsed() >= self.settings.batch_file_wait {
+                        self.health.set(Dependency::Storage, true, None);
+                        self.metrics.batch_file_waiting_seconds.set(0);
                         return Err(Skip {
                             reason: if missing {
                                 "batch_file_missing"

@@ -2,6 +2,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use service_kit::metrics::{CommonMetrics, Exposition, Labels, render};
@@ -32,6 +33,8 @@ pub struct Metrics {
     pub event_age_seconds: Histogram,
     /// Datasets per batch file.
     pub batch_datasets: Histogram,
+    /// Seconds the event in hand has waited for its batch file; 0 when not waiting.
+    pub batch_file_waiting_seconds: Gauge,
     /// Application metrics events sent to Sasquatch, and dropped.
     pub app_events: app_metrics::PublishCounters,
 }
@@ -57,6 +60,7 @@ impl Metrics {
             event_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             event_age_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             batch_datasets: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            batch_file_waiting_seconds: Gauge::default(),
             app_events: app_metrics::PublishCounters::default(),
             registry: Registry::default(),
         };
@@ -107,6 +111,11 @@ impl Metrics {
             "batch_datasets",
             "Datasets per batch file",
             metrics.batch_datasets.clone(),
+        );
+        registry.register(
+            "batch_file_waiting_seconds",
+            "Seconds the event in hand has waited for its batch file (0: not waiting); the events behind it wait too",
+            metrics.batch_file_waiting_seconds.clone(),
         );
         metrics.app_events.register(&mut registry);
         Self {

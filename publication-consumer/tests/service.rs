@@ -246,11 +246,34 @@ async fn a_late_batch_file_is_recorded_once_it_appears() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(counts(address).await.datasets, 0);
-    // ...which appears a few seconds late.
+    // ...holding the event: not ready, saying why, the wait in a gauge...
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = http_get(address, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("batch file") && body.contains(&name),
+        "{body}"
+    );
+    let (_, text) = http_get(address, "/metrics").await;
+    assert!(
+        common::metric(&text, "publication_consumer_batch_file_waiting_seconds")
+            .is_some_and(|s| s >= 1.0),
+        "{text}"
+    );
+    // ...until it appears, a few seconds late.
     std::fs::write(f.dir.path().join(&name), batch.to_json()).unwrap();
     let done = wait_for_counts(address, WAIT, |c| c.datasets == 20).await;
     assert_eq!((done.events, done.failed_events), (1, 0));
+    let (_, text) = http_get(address, "/metrics").await;
+    assert_eq!(
+        common::metric(&text, "publication_consumer_batch_file_waiting_seconds"),
+        Some(0.0)
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while http_get(address, "/readyz").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop(consumer).await;
 }
 
