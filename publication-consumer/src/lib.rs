@@ -41,7 +41,6 @@ use std::time::Duration;
 use butler_repository::{ButlerConfig, ErrorClass, RepositoryError};
 use rdkafka::consumer::Consumer;
 use resources::ResourcePath;
-use secrecy::ExposeSecret;
 use service_kit::health::Dependency;
 use service_kit::http::{BindError, HttpServer, Operations};
 use service_kit::lifecycle::run_to_end;
@@ -131,10 +130,7 @@ impl Service {
         })
         .await?;
         health.set(Dependency::Registry, true, None);
-        let state_url = settings.database_url.as_ref().map_or_else(
-            || config.registry_db.clone(),
-            |u| u.expose_secret().to_owned(),
-        );
+        let state_url = store::state_url(&config, settings.database_url.as_ref());
         let store = wait_for(&settings, "state database", || {
             Store::open(&state_url, &settings.database, &settings.schema)
         })

@@ -151,7 +151,7 @@ pub fn translate(
 }
 
 /// PPS's SQLAlchemy URI as a Postgres URL: the driver suffix dropped, the password replaced
-/// when one is given.
+/// (and percent-encoded) when one is given.
 fn state_url(uri: &str, password: Option<&str>) -> Result<String, ConfigError> {
     let refuse = || {
         ConfigError::new(format!(
@@ -163,41 +163,16 @@ fn state_url(uri: &str, password: Option<&str>) -> Result<String, ConfigError> {
     if !["postgresql", "postgres"].contains(&base) {
         return Err(refuse());
     }
-    let Some(password) = password else {
-        return Ok(format!("postgresql://{rest}"));
-    };
-    // The user information ends at the last '@' before the path.
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (user, host) = match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            (user, &rest[at + 1..])
-        }
-        None => {
+    let mut url = url::Url::parse(&format!("postgresql://{rest}")).map_err(|_| refuse())?;
+    if let Some(password) = password {
+        if url.username().is_empty() {
             return Err(ConfigError::new(format!(
                 "{STATE_URI} names no user, so {STATE_PASSWORD} has no one to be the password of"
             )));
         }
-    };
-    Ok(format!(
-        "postgresql://{user}:{}@{host}",
-        percent_encode(password)
-    ))
-}
-
-/// `text` with every byte but RFC 3986's unreserved characters percent-encoded, as a URL's
-/// password must be.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
+        url.set_password(Some(password)).map_err(|()| refuse())?;
     }
-    out
+    Ok(url.into())
 }
 
 #[cfg(test)]

@@ -22,14 +22,14 @@ use butler_repository::{ButlerConfig, DatabaseError, PoolSettings, RepositoryErr
 use chrono::Utc;
 use resources::ResourcePath;
 use schema::DatasetBatch;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::consume::batch_path;
 use crate::model;
 use crate::policy::{Origin, Policy};
 use crate::registry::{CollectionsError, RegistryReader, StartError};
-use crate::store::{BatchInfo, EventPlace, Store};
+use crate::store::{self, BatchInfo, EventPlace, Store};
 
 /// Where an operator's registrations are recorded as coming from, in place of a topic.
 pub const OPERATOR_TOPIC: &str = "(register-batch)";
@@ -121,10 +121,7 @@ async fn open(settings: &RegisterSettings) -> Result<Opened, RegisterError> {
             what: "registry",
             source,
         })?;
-    let state_url = settings.database_url.as_ref().map_or_else(
-        || config.registry_db.clone(),
-        |u| u.expose_secret().to_owned(),
-    );
+    let state_url = store::state_url(&config, settings.database_url.as_ref());
     let store = Store::open(&state_url, &settings.database, &settings.schema)
         .await
         .map_err(|source| RegisterError::Open {
@@ -259,14 +256,8 @@ pub async fn register_collections(
 
 /// The state database alone, for the commands that read or resolve failed events.
 async fn open_store(settings: &RegisterSettings) -> Result<Store, RegisterError> {
-    let state_url = match &settings.database_url {
-        Some(url) => url.expose_secret().to_owned(),
-        None => {
-            ButlerConfig::load(&settings.butler_repository)
-                .await?
-                .registry_db
-        }
-    };
+    let config = ButlerConfig::load(&settings.butler_repository).await?;
+    let state_url = store::state_url(&config, settings.database_url.as_ref());
     Store::open(&state_url, &settings.database, &settings.schema)
         .await
         .map_err(|source| RegisterError::Open {

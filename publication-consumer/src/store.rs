@@ -15,7 +15,10 @@ use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use uuid::Uuid;
 
-use butler_repository::{DatabaseError, Doing, PoolSettings, connect_options, open_pool};
+use butler_repository::{
+    ButlerConfig, DatabaseError, Doing, PoolSettings, connect_options, open_pool,
+};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::model::BatchRecords;
 use crate::policy::Origin;
@@ -594,19 +597,19 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .doing("counting statuses")?;
-        let mut repositories: BTreeMap<String, BTreeMap<String, i64>> = REPOSITORIES
-            .iter()
-            .map(|r| ((*r).to_owned(), BTreeMap::new()))
-            .collect();
-        let mut read = || -> Result<Counts, sqlx::Error> {
+        let read = || -> Result<Counts, sqlx::Error> {
+            let mut repositories: BTreeMap<String, BTreeMap<String, i64>> = REPOSITORIES
+                .iter()
+                .map(|r| ((*r).to_owned(), BTreeMap::new()))
+                .collect();
             for status in &statuses {
-                let repository: String = status.try_get("repository")?;
-                let code: i16 = status.try_get("status")?;
-                let n: i64 = status.try_get("n")?;
                 repositories
-                    .entry(repository)
+                    .entry(status.try_get("repository")?)
                     .or_default()
-                    .insert(dataset_status_name(code).to_owned(), n);
+                    .insert(
+                        dataset_status_name(status.try_get("status")?).to_owned(),
+                        status.try_get("n")?,
+                    );
             }
             Ok(Counts {
                 datasets: row.try_get("datasets")?,
@@ -617,7 +620,7 @@ impl Store {
                 unknown: row.try_get("unknown")?,
                 events: row.try_get("events")?,
                 failed_events: row.try_get("failed_events")?,
-                repositories: std::mem::take(&mut repositories),
+                repositories,
             })
         };
         read().doing("counting")
@@ -830,6 +833,14 @@ fn view(row: &sqlx::postgres::PgRow, at: DateTime<Utc>) -> Result<DatasetView, s
         .to_owned(),
         batch_id: row.try_get("batch_id")?,
     })
+}
+
+/// The state database's URL: the one given, else the registry's database.
+pub fn state_url(config: &ButlerConfig, database_url: Option<&SecretString>) -> String {
+    database_url.map_or_else(
+        || config.registry_db.clone(),
+        |url| url.expose_secret().to_owned(),
+    )
 }
 
 /// The state database's code of an event origin the settings accepted.

@@ -207,6 +207,24 @@ async fn the_prompt_publication_services_variables_run_the_consumer() {
     );
 }
 
+/// An operator command of the binary against the fixture's registry, batch directory and the
+/// state schema `schema`, with nothing of the consumer's own from the test's environment.
+fn operator_command(f: &test_support::Fixture, schema: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for variable in VARIABLES
+        .iter()
+        .chain(publication_consumer::pps_variables::VARIABLES)
+    {
+        command.env_remove(variable);
+    }
+    command
+        .env("BUTLER_REPOSITORY", &f.registry.butler_config)
+        .env("OUTPUT_DATASET_LIST_DIRECTORY", f.dir.path())
+        .env("PUBLICATION_SCHEMA", schema);
+    command
+}
+
 /// A free loopback address for the consumer's HTTP server.
 fn free_address() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -390,21 +408,7 @@ async fn register_batch_re_drives_an_event_given_up_on_once_its_file_is_there() 
     common::wait_for_counts(address, Duration::from_secs(60), |c| c.failed_events == 1).await;
 
     // The operator lists it.
-    let operator = |args: &[&str]| {
-        let mut command = Command::new(BIN);
-        command.args(args);
-        for variable in VARIABLES
-            .iter()
-            .chain(publication_consumer::pps_variables::VARIABLES)
-        {
-            command.env_remove(variable);
-        }
-        command
-            .env("BUTLER_REPOSITORY", &f.registry.butler_config)
-            .env("PUBLICATION_SCHEMA", &schema)
-            .output()
-            .unwrap()
-    };
+    let operator = |args: &[&str]| operator_command(&f, &schema, args).output().unwrap();
     let listed = String::from_utf8(operator(&["failed-events"]).stdout).unwrap();
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert!(
@@ -417,22 +421,7 @@ async fn register_batch_re_drives_an_event_given_up_on_once_its_file_is_there() 
 
     // The file turns up; the operator registers it, twice.
     std::fs::write(&file, batches[0].to_json()).unwrap();
-    let register = || {
-        let mut command = Command::new(BIN);
-        command.args(["register-batch", &name]);
-        for variable in VARIABLES
-            .iter()
-            .chain(publication_consumer::pps_variables::VARIABLES)
-        {
-            command.env_remove(variable);
-        }
-        command
-            .env("BUTLER_REPOSITORY", &f.registry.butler_config)
-            .env("OUTPUT_DATASET_LIST_DIRECTORY", f.dir.path())
-            .env("PUBLICATION_SCHEMA", &schema)
-            .output()
-            .unwrap()
-    };
+    let register = || operator(&["register-batch", &name]);
     let output = register();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
@@ -486,15 +475,7 @@ async fn register_batch_re_drives_an_event_given_up_on_once_its_file_is_there() 
     assert!(stderr.contains("no unresolved failed event"), "{stderr}");
 
     // A file that is not there: one line, exit status 1.
-    let mut command = Command::new(BIN);
-    let output = command
-        .args(["register-batch", "nonexistent.json"])
-        .env("BUTLER_REPOSITORY", &f.registry.butler_config)
-        .env("OUTPUT_DATASET_LIST_DIRECTORY", f.dir.path())
-        .env("PUBLICATION_SCHEMA", &schema)
-        .env_remove("PUBLICATION_DATABASE_URL")
-        .output()
-        .unwrap();
+    let output = operator(&["register-batch", "nonexistent.json"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -518,17 +499,7 @@ async fn register_collections_backfills_a_run_by_type_once_and_asks_first() {
     .unwrap();
     let schema = test_support::unique_name("pps");
     let backfill = |args: &[&str], stdin: &str| {
-        let mut command = Command::new(BIN);
-        command.arg("register-collections").args(args);
-        for variable in VARIABLES
-            .iter()
-            .chain(publication_consumer::pps_variables::VARIABLES)
-        {
-            command.env_remove(variable);
-        }
-        let mut child = command
-            .env("BUTLER_REPOSITORY", &f.registry.butler_config)
-            .env("PUBLICATION_SCHEMA", &schema)
+        let mut child = operator_command(&f, &schema, &[&["register-collections"], args].concat())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
