@@ -213,12 +213,7 @@ impl OperatorArgs {
                 Origin::ALL.map(Origin::name).join(", ")
             ))
         })?;
-        if !crate::settings::is_identifier(&self.schema) {
-            return Err(ConfigError::new(format!(
-                "PUBLICATION_SCHEMA {:?} is not a plain Postgres identifier (lowercase letters, digits, _)",
-                self.schema
-            )));
-        }
+        crate::settings::validate_schema(&self.schema)?;
         let mut database = PoolSettings {
             max_connections: 2,
             ..PoolSettings::default()

@@ -103,12 +103,7 @@ impl Settings {
         if self.group_id.is_empty() {
             return Err(ConfigError::new("KAFKA_GROUP_ID is empty"));
         }
-        if !is_identifier(&self.schema) {
-            return Err(ConfigError::new(format!(
-                "PUBLICATION_SCHEMA {:?} is not a plain Postgres identifier (lowercase letters, digits, _)",
-                self.schema
-            )));
-        }
+        validate_schema(&self.schema)?;
         if self.origins.is_empty() || self.origins.iter().any(String::is_empty) {
             return Err(ConfigError::new(
                 "PUBLICATION_ORIGINS needs at least one non-empty origin",
@@ -140,6 +135,17 @@ impl Settings {
             )
         })?;
         Ok(())
+    }
+}
+
+/// Refuses a `PUBLICATION_SCHEMA` that is not a plain identifier.
+pub fn validate_schema(schema: &str) -> Result<(), ConfigError> {
+    if is_identifier(schema) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(format!(
+            "PUBLICATION_SCHEMA {schema:?} is not a plain Postgres identifier (lowercase letters, digits, _)"
+        )))
     }
 }
 
