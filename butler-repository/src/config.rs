@@ -62,6 +62,9 @@ pub struct DatastoreConfig {
     pub name: String,
     /// The opaque records table (`file_datastore_records` by default).
     pub records_table: String,
+    /// The datastore root as written in the configuration (`<butlerRoot>` stands for the
+    /// directory holding `butler.yaml`); [`ButlerConfig::datastore_root`] resolves it.
+    pub root: Option<String>,
 }
 
 /// What the writer needs from `butler.yaml`.
@@ -179,6 +182,39 @@ impl ButlerConfig {
     }
 }
 
+impl ButlerConfig {
+    /// Where the first datastore keeps its files, as a directory: its `root` with
+    /// `<butlerRoot>` replaced by the directory holding `butler.yaml`, as daf_butler resolves
+    /// it. The transfers copy files out of and into it.
+    pub fn datastore_root(&self) -> Result<resources::ResourcePath, RepositoryError> {
+        let setting = |why: String| RepositoryError::Setting {
+            location: self.location.clone(),
+            key: "datastore.root",
+            why,
+        };
+        let root = self
+            .datastores
+            .iter()
+            .find_map(|d| d.root.as_deref())
+            .ok_or_else(|| setting("missing: the transfers need to know where files are".into()))?;
+        let text = match root.strip_prefix("<butlerRoot>") {
+            Some(rest) => {
+                let config = resources::ResourcePath::parse(&self.location)
+                    .map_err(|e| setting(e.to_string()))?;
+                format!(
+                    "{}{}",
+                    config.dirname().as_dir(),
+                    rest.trim_start_matches('/')
+                )
+            }
+            None => root.to_owned(),
+        };
+        resources::ResourcePath::parse(&text)
+            .map(|p| p.as_dir())
+            .map_err(|e| setting(format!("`{root}`: {e}")))
+    }
+}
+
 /// A repository is named by its directory or by its `butler.yaml`.
 fn resolve_config_path(path: &Path) -> PathBuf {
     let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
@@ -233,6 +269,10 @@ fn collect_datastores(
             out.push(DatastoreConfig {
                 name,
                 records_table,
+                root: config
+                    .get("root")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
             });
             Ok(())
         }
@@ -280,8 +320,24 @@ registry:
             config.datastores,
             [DatastoreConfig {
                 name: "FileDatastore@<butlerRoot>".into(),
-                records_table: "file_datastore_records".into()
+                records_table: "file_datastore_records".into(),
+                root: Some("<butlerRoot>".into()),
             }]
+        );
+    }
+
+    #[test]
+    fn the_datastore_root_resolves_butler_root() {
+        let config = ButlerConfig::from_yaml(LOCAL, "/repo/embargo/butler.yaml".into()).unwrap();
+        assert_eq!(
+            config.datastore_root().unwrap().to_string(),
+            "/repo/embargo/"
+        );
+        let s3 = LOCAL.replace("<butlerRoot>", "s3://embargo@bucket/prefix");
+        let config = ButlerConfig::from_yaml(&s3, "/etc/butler.yaml".into()).unwrap();
+        assert_eq!(
+            config.datastore_root().unwrap().to_string(),
+            "s3://embargo@bucket/prefix/"
         );
     }
 

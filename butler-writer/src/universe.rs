@@ -149,6 +149,9 @@ pub struct Element {
     pub fields: Vec<Field>,
     /// Direct dependencies (required and implied), for ordering inserts.
     pub depends_on: Vec<String>,
+    /// The dimension whose records bring this element's along (`visit` for
+    /// `visit_detector_region`), as daf_butler's `populated_by`.
+    pub populated_by: Option<String>,
 }
 
 impl Element {
@@ -220,6 +223,8 @@ struct RawElement {
     governor: bool,
     #[serde(default)]
     storage: Option<RawStorage>,
+    #[serde(default)]
+    populated_by: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -446,6 +451,7 @@ impl<'a> Definitions<'a> {
             implied: raw.implies.clone(),
             fields,
             depends_on,
+            populated_by: raw.populated_by.clone(),
         }
     }
 

@@ -182,6 +182,14 @@ impl ResourcePath {
         path.rsplit('/').next().unwrap_or(path)
     }
 
+    /// The location as a URI: `file:///...` for a local path however it was spelled, the
+    /// `s3://` URI otherwise (what daf_butler stores for a file outside a datastore's root).
+    pub fn to_uri(&self) -> String {
+        let mut uri = self.clone();
+        uri.form = LocalForm::FileUri;
+        uri.to_string()
+    }
+
     /// The same location as a directory (`s3://b/prefix` becomes `s3://b/prefix/`), for
     /// configuration values that name a directory but may lack the trailing slash.
     pub fn as_dir(&self) -> Self {

@@ -26,6 +26,7 @@ mod dataset_checks;
 mod dataset_writes;
 mod datasets;
 mod dimension_writes;
+mod export;
 pub mod model;
 mod open;
 pub mod order;
@@ -44,6 +45,7 @@ use sqlx::{Connection, PgConnection};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+pub use self::export::{ExportError, ExportedDatasets, Placement};
 pub use self::open::{APPLICATION_NAME, StartupError, UnsupportedRegistry};
 pub use self::records::MAX_REGION_VERTICES;
 
@@ -109,7 +111,9 @@ impl Registry {
         order: &O,
     ) -> Result<BatchOutcome, EngineError> {
         let (events, undecodable) = prepare::decode(values);
-        let mut outcome = self.ingest_indexed(&events, order).await?;
+        let mut outcome = self
+            .ingest_indexed(&events, order, &Placement::InDatastore)
+            .await?;
         outcome.rejected.extend(undecodable);
         outcome.rejected.sort_by_key(|r| r.index);
         Ok(outcome)
@@ -120,15 +124,27 @@ impl Registry {
         &self,
         events: &[PromptProcessingOutputEvent],
     ) -> Result<BatchOutcome, EngineError> {
+        self.ingest_placed(events, &Placement::InDatastore).await
+    }
+
+    /// [`ingest`](Self::ingest) with the datastore rows placed as `placement` says: the
+    /// registry side of a transfer from another repository, whose datasets
+    /// [`export_datasets`](Self::export_datasets) read.
+    pub async fn ingest_placed(
+        &self,
+        events: &[PromptProcessingOutputEvent],
+        placement: &Placement,
+    ) -> Result<BatchOutcome, EngineError> {
         let indexed: Vec<(usize, PromptProcessingOutputEvent)> =
             events.iter().cloned().enumerate().collect();
-        self.ingest_indexed(&indexed, &Unordered).await
+        self.ingest_indexed(&indexed, &Unordered, placement).await
     }
 
     async fn ingest_indexed<O: BatchOrder>(
         &self,
         events: &[(usize, PromptProcessingOutputEvent)],
         order: &O,
+        placement: &Placement,
     ) -> Result<BatchOutcome, EngineError> {
         let started = std::time::Instant::now();
         let mut conn = self.pool.acquire().await.doing("acquiring a connection")?;
@@ -143,6 +159,11 @@ impl Registry {
             events,
             &mut rejections,
         );
+        if *placement != Placement::InDatastore {
+            for dataset in prepared.iter_mut().flat_map(|m| m.datasets.iter_mut()) {
+                dataset.path = placement.place(&dataset.path);
+            }
+        }
         order.claim(order::dataset_keys(&prepared)).await;
 
         // 2. Dimension records.
