@@ -12,6 +12,8 @@
 //! - [`policy`]: the release policy per (origin, dataset type), the deployed table built in.
 //! - [`model`]: what is recorded about a dataset, and its embargo-release time (pure).
 //! - [`store`]: the state schema, its migrations, the per-event transaction, the API's queries.
+//! - [`transfer`]: datasets and dimension records moved between repositories, as PPS's tasks
+//!   move them, written with the Butler Writer's engine.
 //! - [`http`]: the API (`/api/v1/...`) and `/openapi.json`, beside the service kit's operations
 //!   endpoints (`/`, `/healthz`, `/readyz`, `/metrics`).
 //! - [`metrics`]: what operators see; [`sasquatch`]: the application metrics events sent to
@@ -33,6 +35,7 @@ pub mod registry;
 pub mod sasquatch;
 pub mod settings;
 pub mod store;
+pub mod transfer;
 
 use std::future::Future;
 use std::sync::Arc;
