@@ -285,10 +285,11 @@ PROMPTPUB_EMBARGO_REPO_PATH, PROMPTPUB_EMBARGO_BATCH_FILE_DIRECTORY, PROMPTPUB_K
 PROMPTPUB_KAFKA_TOPIC, PROMPTPUB_KAFKA_GROUP_ID, PROMPTPUB_KAFKA_USERNAME, PROMPTPUB_KAFKA_PASSWORD, \
 PROMPTPUB_STATE_DATABASE_URI and PROMPTPUB_STATE_DATABASE_PASSWORD stand for BUTLER_REPOSITORY, \
 OUTPUT_DATASET_LIST_DIRECTORY, KAFKA_CLUSTER, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_USERNAME, \
-KAFKA_PASSWORD and PUBLICATION_DATABASE_URL (its password replaced); one of them and ours set to \
-different values is an error. PROMPTPUB_MAIN_REPO_PATH, PROMPTPUB_PROMPT_PREP_REPO_PATH and \
-PROMPTPUB_GOOGLE_INT_REPO_PATH are for transfer tasks this version does not run: ignored, with a \
-warning.";
+KAFKA_PASSWORD and PUBLICATION_DATABASE_URL (its password replaced); PROMPTPUB_PROMPT_PREP_REPO_PATH \
+and PROMPTPUB_MAIN_REPO_PATH for PUBLICATION_PROMPT_PREP_REPOSITORY and \
+PUBLICATION_REPO_MAIN_REPOSITORY; one of them and ours set to different values is an error. \
+PROMPTPUB_GOOGLE_INT_REPO_PATH is for the Google publication, which this version does not run: \
+ignored, with a warning.";
 
 /// Arguments of `publication-consumer serve`.
 #[derive(Debug, Args)]
@@ -342,6 +343,29 @@ pub struct ServeArgs {
         default_value_t = DEFAULT_BATCH_FILE_WAIT_SECONDS
     )]
     pub batch_file_wait_seconds: f64,
+
+    /// `prompt_prep`'s repository (`butler.yaml` or its directory): where released datasets
+    /// are copied, with their visits' records. The transfer tasks run only when it is set.
+    #[arg(long, env = "PUBLICATION_PROMPT_PREP_REPOSITORY")]
+    pub prompt_prep_repository: Option<String>,
+
+    /// `/repo/main`'s repository: where `prompt_prep`'s files are registered in place, by URI.
+    /// Needs `--prompt-prep-repository`.
+    #[arg(long, env = "PUBLICATION_REPO_MAIN_REPOSITORY")]
+    pub repo_main_repository: Option<String>,
+
+    /// Seconds the transfer tasks wait after a pass that found nothing to do.
+    #[arg(
+        long,
+        env = "PUBLICATION_TRANSFER_IDLE_SECONDS",
+        default_value_t = 60.0
+    )]
+    pub transfer_idle_seconds: f64,
+
+    /// Daily window, `HH:MM-HH:MM` UTC, in which no transfer runs (events are still recorded);
+    /// the deployed Prompt Publication Service is stopped from 21:30 to 12:00. Empty: none.
+    #[arg(long, env = "PUBLICATION_QUIET_WINDOW")]
+    pub quiet_window: Option<String>,
 
     /// Address of the HTTP API and the operations endpoints.
     #[arg(long, env = "PUBLICATION_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
@@ -431,6 +455,21 @@ impl ServeArgs {
             )?,
             clock: Clock::system(),
             metrics: self.metrics.into_settings(crate::sasquatch::APPLICATION)?,
+            prompt_prep_repository: self.prompt_prep_repository.filter(|r| !r.is_empty()),
+            repo_main_repository: self.repo_main_repository.filter(|r| !r.is_empty()),
+            tasks: crate::tasks::TaskSettings {
+                idle: seconds(
+                    self.transfer_idle_seconds,
+                    "PUBLICATION_TRANSFER_IDLE_SECONDS",
+                )?,
+                quiet_window: self
+                    .quiet_window
+                    .filter(|w| !w.trim().is_empty())
+                    .map(|w| crate::tasks::QuietWindow::parse(&w))
+                    .transpose()
+                    .map_err(|e| ConfigError::new(format!("PUBLICATION_QUIET_WINDOW: {e}")))?,
+                ..crate::tasks::TaskSettings::default()
+            },
         };
         settings.validate()?;
         Ok(settings)

@@ -37,6 +37,7 @@ pub const ROUTES: &[&str] = &[
     "/api/v1/datasets/{id}",
     "/api/v1/visits/{visit}/datasets",
     "/api/v1/failed-events",
+    "/api/v1/transfers",
 ];
 
 /// Default page size.
@@ -51,6 +52,8 @@ pub struct HttpState {
     pub store: Store,
     /// "Now".
     pub clock: Clock,
+    /// The transfer tasks' progress.
+    pub progress: crate::tasks::Progress,
 }
 
 /// The routes: the service kit's operations endpoints and the API.
@@ -71,6 +74,7 @@ fn handler(path: &str) -> MethodRouter<HttpState> {
         "/api/v1/datasets/{id}" => get(dataset),
         "/api/v1/visits/{visit}/datasets" => get(visit_datasets),
         "/api/v1/failed-events" => get(failed_events),
+        "/api/v1/transfers" => get(transfers),
         _ => get(|| async { StatusCode::NOT_FOUND }),
     }
 }
@@ -117,6 +121,15 @@ pub fn metadata() -> Metadata {
             "metrics": "/metrics",
         })),
     }
+}
+
+async fn transfers(State(state): State<HttpState>) -> impl IntoResponse {
+    let tasks = state
+        .progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    Json(serde_json::json!({ "tasks": tasks }))
 }
 
 async fn openapi() -> impl IntoResponse {

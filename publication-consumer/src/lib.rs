@@ -12,6 +12,8 @@
 //! - [`policy`]: the release policy per (origin, dataset type), the deployed table built in.
 //! - [`model`]: what is recorded about a dataset, and its embargo-release time (pure).
 //! - [`store`]: the state schema, its migrations, the per-event transaction, the API's queries.
+//! - [`tasks`]: the transfer tasks PPS runs, driven by the state database, in a loop beside
+//!   the consumer.
 //! - [`transfer`]: datasets and dimension records moved between repositories, as PPS's tasks
 //!   move them, written with the Butler Writer's engine.
 //! - [`http`]: the API (`/api/v1/...`) and `/openapi.json`, beside the service kit's operations
@@ -35,6 +37,7 @@ pub mod registry;
 pub mod sasquatch;
 pub mod settings;
 pub mod store;
+pub mod tasks;
 pub mod transfer;
 
 use std::future::Future;
@@ -84,6 +87,9 @@ pub enum ServiceError {
         #[source]
         source: StartError,
     },
+    /// A repository of the transfer tasks cannot be used.
+    #[error(transparent)]
+    Transfers(transfer::OpenError),
     /// The HTTP API cannot listen.
     #[error(transparent)]
     Http(#[from] BindError),
@@ -145,11 +151,15 @@ impl Service {
             "databases opened"
         );
 
+        let transfers = open_transfers(&settings).await?;
+        let progress = tasks::Progress::default();
+
         let http_stop = CancellationToken::new();
         let router = http::router(
             http::HttpState {
                 store: store.clone(),
                 clock: settings.clock.clone(),
+                progress: progress.clone(),
             },
             Operations {
                 metadata: http::metadata(),
@@ -176,6 +186,22 @@ impl Service {
             shutdown: shutdown.clone(),
             events: Arc::clone(&events),
         };
+        if let Some(repositories) = transfers {
+            let (store, task_settings, clock, stop) = (
+                store.clone(),
+                settings.tasks.clone(),
+                settings.clock.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(tasks::run(
+                repositories,
+                store,
+                task_settings,
+                clock,
+                progress,
+                stop,
+            ));
+        }
         let task = tokio::spawn(supervise(Supervised {
             processor,
             consumer,
@@ -255,6 +281,44 @@ async fn supervise(s: Supervised) -> Result<(), ServiceError> {
         Err(e) => error!(error = %Chain(e), "publication-consumer stopped on an error"),
     }
     result
+}
+
+/// The repositories of the transfer tasks, when `prompt_prep` is configured (waiting while a
+/// registry is unavailable).
+async fn open_transfers(settings: &Settings) -> Result<Option<tasks::Repositories>, ServiceError> {
+    let Some(prompt_prep) = &settings.prompt_prep_repository else {
+        info!("transfer tasks off: no prompt_prep repository configured");
+        return Ok(None);
+    };
+    let open = |label: &'static str, location: String| async move {
+        let mut backoff = Backoff::new(settings.retry);
+        loop {
+            match transfer::Repository::open(label, &location, &settings.database).await {
+                Ok(repository) => return Ok(repository),
+                Err(e) if e.class() == ErrorClass::Retry => {
+                    let wait = backoff.next_wait();
+                    warn!(error = %Chain(&e), wait_ms = wait.as_millis(), "the {label} repository is unavailable; waiting");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(ServiceError::Transfers(e)),
+            }
+        }
+    };
+    let embargo = open("embargo", settings.butler_repository.clone()).await?;
+    let prompt_prep = Some(open("prompt_prep", prompt_prep.clone()).await?);
+    let repo_main = match &settings.repo_main_repository {
+        Some(location) => Some(open("repo_main", location.clone()).await?),
+        None => None,
+    };
+    info!(
+        repo_main = repo_main.is_some(),
+        "transfer tasks on: embargo to prompt_prep"
+    );
+    Ok(Some(tasks::Repositories {
+        embargo,
+        prompt_prep,
+        repo_main,
+    }))
 }
 
 /// Opens a database, waiting with backoff while it is unavailable.

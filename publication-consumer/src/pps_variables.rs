@@ -15,9 +15,11 @@
 //!   (`postgresql+asyncpg://`) dropped; `PROMPTPUB_STATE_DATABASE_PASSWORD`, when set, replaces
 //!   the URI's password, as PPS does.
 //!
-//! `PROMPTPUB_MAIN_REPO_PATH`, `PROMPTPUB_PROMPT_PREP_REPO_PATH` and
-//! `PROMPTPUB_GOOGLE_INT_REPO_PATH` name the transfer tasks' repositories; this version does not
-//! run those tasks, and [`Translated::ignored`] lists them so that `serve` says so.
+//! - `PROMPTPUB_PROMPT_PREP_REPO_PATH`: `PUBLICATION_PROMPT_PREP_REPOSITORY`;
+//!   `PROMPTPUB_MAIN_REPO_PATH`: `PUBLICATION_REPO_MAIN_REPOSITORY` (the transfer tasks).
+//!
+//! `PROMPTPUB_GOOGLE_INT_REPO_PATH` names the Google publication's repository; this version does
+//! not run that task, and [`Translated::ignored`] lists it so that `serve` says so.
 
 use std::ffi::OsString;
 
@@ -52,6 +54,16 @@ const SAME_MEANING: &[(&str, &str, &str)] = &[
         "KAFKA_PASSWORD",
         "--kafka-password",
     ),
+    (
+        "PROMPTPUB_PROMPT_PREP_REPO_PATH",
+        "PUBLICATION_PROMPT_PREP_REPOSITORY",
+        "--prompt-prep-repository",
+    ),
+    (
+        "PROMPTPUB_MAIN_REPO_PATH",
+        "PUBLICATION_REPO_MAIN_REPOSITORY",
+        "--repo-main-repository",
+    ),
 ];
 
 /// PPS's state database URI and its password.
@@ -60,11 +72,7 @@ const STATE_PASSWORD: &str = "PROMPTPUB_STATE_DATABASE_PASSWORD";
 const OUR_STATE_URL: (&str, &str) = ("PUBLICATION_DATABASE_URL", "--database-url");
 
 /// PPS variables for work this version does not do yet.
-const FOR_TRANSFERS: &[&str] = &[
-    "PROMPTPUB_MAIN_REPO_PATH",
-    "PROMPTPUB_PROMPT_PREP_REPO_PATH",
-    "PROMPTPUB_GOOGLE_INT_REPO_PATH",
-];
+const FOR_TRANSFERS: &[&str] = &["PROMPTPUB_GOOGLE_INT_REPO_PATH"];
 
 /// Every `PROMPTPUB_*` variable read.
 pub const VARIABLES: &[&str] = &[
@@ -215,6 +223,14 @@ mod tests {
             "/sdf/data/rubin/repo/main/butler.yaml",
         ),
         (
+            "PROMPTPUB_PROMPT_PREP_REPO_PATH",
+            "/sdf/data/rubin/repo/prompt_prep/butler.yaml",
+        ),
+        (
+            "PROMPTPUB_GOOGLE_INT_REPO_PATH",
+            "/opt/lsst/configs/gcp-repo-path/gcp-int-repo.yaml",
+        ),
+        (
             "PROMPTPUB_KAFKA_SERVER",
             "prompt-kafka-kafka-bootstrap.prompt-kafka:9092",
         ),
@@ -242,13 +258,15 @@ mod tests {
             "--kafka-username=prompt-publication-consumer",
             "--kafka-password=secret",
             "--database-url=postgresql://prompt_pub:p%40ss%3Aw%2Frd@db.example.org/promptpub",
+            "--prompt-prep-repository=/sdf/data/rubin/repo/prompt_prep/butler.yaml",
+            "--repo-main-repository=/sdf/data/rubin/repo/main/butler.yaml",
         ] {
             assert!(
                 args.contains(&expected.to_owned()),
                 "{expected} in {args:?}"
             );
         }
-        assert_eq!(t.ignored, ["PROMPTPUB_MAIN_REPO_PATH"]);
+        assert_eq!(t.ignored, ["PROMPTPUB_GOOGLE_INT_REPO_PATH"]);
     }
 
     #[test]

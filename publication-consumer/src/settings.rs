@@ -60,6 +60,14 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// "Now", for the embargo; tests move it.
     pub clock: Clock,
+    /// `prompt_prep`'s `butler.yaml` (or directory): where released datasets are copied. The
+    /// transfer tasks run only when it is set.
+    pub prompt_prep_repository: Option<String>,
+    /// `/repo/main`'s `butler.yaml` (or directory): where `prompt_prep`'s files are registered
+    /// in place; needs `prompt_prep_repository`.
+    pub repo_main_repository: Option<String>,
+    /// How the transfer tasks run.
+    pub tasks: crate::tasks::TaskSettings,
     /// Where application metrics events go (Sasquatch); `None`: off.
     pub metrics: Option<app_metrics::MetricsSettings>,
 }
@@ -88,6 +96,9 @@ impl Settings {
             shutdown_grace: Duration::from_secs(10),
             clock: Clock::system(),
             metrics: None,
+            prompt_prep_repository: None,
+            repo_main_repository: None,
+            tasks: crate::tasks::TaskSettings::default(),
         }
     }
 
@@ -124,6 +135,14 @@ impl Settings {
             return Err(ConfigError::new(
                 "PUBLICATION_DB_MAX_CONNECTIONS must be at least 2",
             ));
+        }
+        if self.repo_main_repository.is_some() && self.prompt_prep_repository.is_none() {
+            return Err(ConfigError::new(
+                "PUBLICATION_REPO_MAIN_REPOSITORY needs PUBLICATION_PROMPT_PREP_REPOSITORY: /repo/main registers prompt_prep's files",
+            ));
+        }
+        if self.tasks.unembargo_chunk == 0 || self.tasks.repo_main_chunk == 0 {
+            return Err(ConfigError::new("transfer chunk sizes must be at least 1"));
         }
         resources::ResourcePath::parse(&self.batch_directory).map_err(|e| {
             ConfigError::caused_by(

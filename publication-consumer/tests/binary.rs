@@ -185,8 +185,8 @@ async fn the_prompt_publication_services_variables_run_the_consumer() {
             format!("postgresql+asyncpg://{scheme_less}"),
         ),
         (
-            "PROMPTPUB_MAIN_REPO_PATH",
-            "/sdf/data/rubin/repo/main/butler.yaml".to_owned(),
+            "PROMPTPUB_GOOGLE_INT_REPO_PATH",
+            "/opt/lsst/configs/gcp-repo-path/gcp-int-repo.yaml".to_owned(),
         ),
     ];
     if let Some(password) = password {
@@ -202,7 +202,7 @@ async fn the_prompt_publication_services_variables_run_the_consumer() {
         .unwrap();
     assert_eq!(datasets, 6);
     assert!(
-        json_lines(&stderr).any(|l| l["variable"] == "PROMPTPUB_MAIN_REPO_PATH"),
+        json_lines(&stderr).any(|l| l["variable"] == "PROMPTPUB_GOOGLE_INT_REPO_PATH"),
         "{stderr}"
     );
 }

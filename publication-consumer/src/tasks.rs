@@ -1,0 +1,552 @@
+//! The transfer tasks, driven by the state database as the Prompt Publication Service drives
+//! them (`../shared/reference/prompt-publication-service.md` §5): each pass looks up what is
+//! eligible, moves it in chunks ([`crate::transfer`]) and records each chunk only once it has
+//! landed, so a kill at any point leaves work that the next pass finishes the same way.
+//!
+//! | task | route | what | chunk | recorded |
+//! |---|---|---|---|---|
+//! | `records_<element>_prompt_prep` | embargo → prompt_prep | visit, exposure, group records | 5,000 | `<element>.prompt_prep_status` INITIAL |
+//! | `unembargo` | embargo → prompt_prep | released datasets, files copied | 100 | `prompt_prep_status` PRESENT, `unembargo_time`; missing: `embargo_status` MISSING |
+//! | `records_<element>_repo_main` | prompt_prep → /repo/main | the same records | 5,000 | `<element>.repo_main_status` INITIAL |
+//! | `repo_main` | prompt_prep → /repo/main | every dataset, by URI | 20,000 | `repo_main_status` PRESENT; missing: `prompt_prep_status` MISSING |
+//!
+//! A dataset is eligible when its source status is PRESENT, its target status NEVER_PRESENT, and
+//! its visit, exposure and group (those it has) are already in the target. Unembargo also needs
+//! the release time the policy gave it (`dataset_release.release_at`) to have passed.
+//! Tasks run one after another; a pass that finds nothing waits [`TaskSettings::idle`], and no
+//! task runs inside the quiet window.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use butler_repository::{DatabaseError, Doing};
+use chrono::{DateTime, NaiveTime, Timelike, Utc};
+use schema::RecordValue;
+use serde::Serialize;
+use service_kit::{CancellationToken, Chain};
+use sqlx::{AssertSqlSafe, Row};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::store::{Store, dataset_status, record_status};
+use crate::transfer::{self, Mode, Repository, TransferError};
+
+/// At most this many ids per lookup, as PPS.
+const LOOKUP_LIMIT: i64 = 1_000_000;
+
+/// The daily window (UTC) in which no transfer runs: observing, when the repositories' databases
+/// belong to Prompt Processing. Deployed PPS is scaled to zero from 21:30 to 12:00.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietWindow {
+    /// Start, UTC.
+    pub start: NaiveTime,
+    /// End, UTC (before `start`: the window spans midnight).
+    pub end: NaiveTime,
+}
+
+impl QuietWindow {
+    /// Parses `HH:MM-HH:MM` (UTC).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (start, end) = text
+            .split_once('-')
+            .ok_or_else(|| format!("`{text}` is not HH:MM-HH:MM (UTC)"))?;
+        let time = |t: &str| {
+            NaiveTime::parse_from_str(t.trim(), "%H:%M")
+                .map_err(|_| format!("`{t}` in `{text}` is not a time HH:MM"))
+        };
+        let window = Self {
+            start: time(start)?,
+            end: time(end)?,
+        };
+        if window.start == window.end {
+            return Err(format!("`{text}` starts and ends at the same time"));
+        }
+        Ok(window)
+    }
+
+    /// Whether `at` falls in the window.
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        let t = at.time();
+        if self.start < self.end {
+            self.start <= t && t < self.end
+        } else {
+            t >= self.start || t < self.end
+        }
+    }
+
+    /// How long from `at` (inside the window) until it ends.
+    pub fn remaining(&self, at: DateTime<Utc>) -> Duration {
+        let now = i64::from(at.time().num_seconds_from_midnight());
+        let end = i64::from(self.end.num_seconds_from_midnight());
+        let seconds = (end - now).rem_euclid(86_400);
+        Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+    }
+}
+
+/// How the tasks run.
+#[derive(Debug, Clone)]
+pub struct TaskSettings {
+    /// The wait after a pass that found nothing to do (PPS: 60 s).
+    pub idle: Duration,
+    /// No task runs in this daily window.
+    pub quiet_window: Option<QuietWindow>,
+    /// Datasets per unembargo chunk (file copies are slow; PPS: 100).
+    pub unembargo_chunk: usize,
+    /// Datasets per /repo/main chunk (PPS: 20,000).
+    pub repo_main_chunk: usize,
+    /// Records per dimension-record chunk (PPS: 5,000).
+    pub records_chunk: usize,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(60),
+            quiet_window: None,
+            unembargo_chunk: 100,
+            repo_main_chunk: 20_000,
+            records_chunk: 5_000,
+        }
+    }
+}
+
+/// What one task has done since the service started: the API's per-task progress.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskProgress {
+    /// The task.
+    pub task: String,
+    /// Datasets (or records' keys) moved and recorded.
+    pub transferred: u64,
+    /// Datasets found missing from the source and recorded so.
+    pub missing: u64,
+    /// Passes that failed (retried on the next pass).
+    pub failures: u64,
+    /// When it last moved something.
+    pub last_transfer: Option<DateTime<Utc>>,
+    /// The last failure, until a pass succeeds.
+    pub last_error: Option<String>,
+}
+
+/// Shared view of every task's progress.
+pub type Progress = Arc<Mutex<Vec<TaskProgress>>>;
+
+/// The repositories the tasks move between; a task runs only when its target is configured.
+#[derive(Debug)]
+pub struct Repositories {
+    /// The Embargo repository (the writer's).
+    pub embargo: Repository,
+    /// `prompt_prep`, where released datasets are copied.
+    pub prompt_prep: Option<Repository>,
+    /// `/repo/main`, where `prompt_prep`'s files are registered in place.
+    pub repo_main: Option<Repository>,
+}
+
+/// A state table of dimension records, and its id's type.
+#[derive(Debug, Clone, Copy)]
+enum RecordTable {
+    Visit,
+    Exposure,
+    Group,
+}
+
+impl RecordTable {
+    const ALL: [Self; 3] = [Self::Visit, Self::Exposure, Self::Group];
+
+    fn element(self) -> &'static str {
+        match self {
+            Self::Visit => "visit",
+            Self::Exposure => "exposure",
+            Self::Group => "group",
+        }
+    }
+
+    fn table(self) -> &'static str {
+        match self {
+            Self::Visit => "visit",
+            Self::Exposure => "exposure",
+            Self::Group => "\"group\"",
+        }
+    }
+}
+
+/// One route between two repositories and the status columns that track it.
+#[derive(Debug, Clone, Copy)]
+struct Route<'r> {
+    source: &'r Repository,
+    target: &'r Repository,
+    /// `embargo`, `prompt_prep`...: the `<label>_status` columns.
+    source_column: &'static str,
+    target_column: &'static str,
+}
+
+/// Runs the tasks until `shutdown`.
+pub async fn run(
+    repositories: Repositories,
+    store: Store,
+    settings: TaskSettings,
+    clock: Clock,
+    progress: Progress,
+    shutdown: CancellationToken,
+) {
+    let runner = Runner {
+        repositories,
+        store,
+        settings,
+        clock,
+        progress,
+    };
+    loop {
+        if let Some(window) = runner.settings.quiet_window {
+            let now = runner.clock.now();
+            if window.contains(now) {
+                let wait = window.remaining(now).max(Duration::from_secs(1));
+                info!(
+                    wait_s = wait.as_secs(),
+                    "transfers wait for the quiet window to end"
+                );
+                if sleep_or_stop(wait, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        let moved = runner.pass(&shutdown).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if moved == 0 && sleep_or_stop(runner.settings.idle, &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps; true when `shutdown` came first.
+async fn sleep_or_stop(wait: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
+struct Runner {
+    repositories: Repositories,
+    store: Store,
+    settings: TaskSettings,
+    clock: Clock,
+    progress: Progress,
+}
+
+impl Runner {
+    /// Every task once, in dependency order; returns how much moved.
+    async fn pass(&self, shutdown: &CancellationToken) -> u64 {
+        let mut moved = 0;
+        let embargo = &self.repositories.embargo;
+        if let Some(prompt_prep) = &self.repositories.prompt_prep {
+            let route = Route {
+                source: embargo,
+                target: prompt_prep,
+                source_column: "embargo_status",
+                target_column: "prompt_prep_status",
+            };
+            moved += self.records(route, "prompt_prep", shutdown).await;
+            moved += self
+                .task(
+                    "unembargo",
+                    self.datasets(route, Mode::Copy, self.settings.unembargo_chunk, shutdown),
+                )
+                .await;
+            if let Some(main) = &self.repositories.repo_main {
+                let route = Route {
+                    source: prompt_prep,
+                    target: main,
+                    source_column: "prompt_prep_status",
+                    target_column: "repo_main_status",
+                };
+                moved += self.records(route, "repo_main", shutdown).await;
+                moved += self
+                    .task(
+                        "repo_main",
+                        self.datasets(route, Mode::Direct, self.settings.repo_main_chunk, shutdown),
+                    )
+                    .await;
+            }
+        }
+        moved
+    }
+
+    async fn records(&self, route: Route<'_>, target: &str, shutdown: &CancellationToken) -> u64 {
+        let mut moved = 0;
+        for table in RecordTable::ALL {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let name = format!("records_{}_{target}", table.element());
+            moved += self
+                .task(&name, self.copy_records(route, table, shutdown))
+                .await;
+        }
+        moved
+    }
+
+    /// Runs one task's pass and books its progress; a failure is logged and counted, and the
+    /// work stays eligible for the next pass.
+    async fn task(
+        &self,
+        name: &str,
+        work: impl Future<Output = Result<(u64, u64), TaskError>>,
+    ) -> u64 {
+        let result = work.await;
+        let mut progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = match progress.iter().position(|p| p.task == name) {
+            Some(index) => index,
+            None => {
+                progress.push(TaskProgress {
+                    task: name.to_owned(),
+                    ..TaskProgress::default()
+                });
+                progress.len() - 1
+            }
+        };
+        let entry = &mut progress[index];
+        match result {
+            Ok((transferred, missing)) => {
+                entry.transferred += transferred;
+                entry.missing += missing;
+                if transferred + missing > 0 {
+                    entry.last_transfer = Some(Utc::now());
+                    info!(task = name, transferred, missing, "transfer pass done");
+                }
+                entry.last_error = None;
+                transferred + missing
+            }
+            Err(error) => {
+                entry.failures += 1;
+                let text = Chain(&error).to_string();
+                warn!(task = name, error = %text, "transfer pass failed; it is tried again on the next pass");
+                entry.last_error = Some(text);
+                0
+            }
+        }
+    }
+
+    /// The dimension-record copy of one element: records whose source status is INITIAL and
+    /// target status NEVER_PRESENT, chunk by chunk, each chunk recorded INITIAL in the target
+    /// once copied.
+    async fn copy_records(
+        &self,
+        route: Route<'_>,
+        table: RecordTable,
+        shutdown: &CancellationToken,
+    ) -> Result<(u64, u64), TaskError> {
+        let doing = "looking up dimension records to copy";
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT instrument, id::text AS id FROM {t}
+             WHERE {s} = $1 AND coalesce({g}, 0) = $2
+             ORDER BY instrument, id LIMIT $3",
+            t = table.table(),
+            s = route.source_column,
+            g = route.target_column
+        )))
+        .bind(record_status::INITIAL)
+        .bind(record_status::NEVER_PRESENT)
+        .bind(LOOKUP_LIMIT)
+        .fetch_all(self.store.pool())
+        .await
+        .doing(doing)?;
+        let mut by_instrument: Vec<(String, Vec<String>)> = Vec::new();
+        for row in rows {
+            let instrument: String = row.try_get("instrument").doing(doing)?;
+            let id: String = row.try_get("id").doing(doing)?;
+            match by_instrument.last_mut() {
+                Some((last, ids)) if *last == instrument => ids.push(id),
+                _ => by_instrument.push((instrument, vec![id])),
+            }
+        }
+        let mut moved = 0;
+        for (instrument, ids) in by_instrument {
+            for chunk in ids.chunks(self.settings.records_chunk.max(1)) {
+                if shutdown.is_cancelled() {
+                    return Ok((moved, 0));
+                }
+                let values: Vec<RecordValue> = chunk
+                    .iter()
+                    .map(|id| match table {
+                        RecordTable::Group => RecordValue::String(id.clone()),
+                        _ => RecordValue::Int(id.parse().unwrap_or_default()),
+                    })
+                    .collect();
+                transfer::copy_dimension_records(
+                    route.source,
+                    route.target,
+                    table.element(),
+                    &instrument,
+                    &values,
+                )
+                .await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE {t} SET {g} = $1 WHERE instrument = $2 AND id::text = ANY($3)
+                       AND coalesce({g}, 0) = $4",
+                    t = table.table(),
+                    g = route.target_column
+                )))
+                .bind(record_status::INITIAL)
+                .bind(&instrument)
+                .bind(chunk)
+                .bind(record_status::NEVER_PRESENT)
+                .execute(self.store.pool())
+                .await
+                .doing("recording copied dimension records")?;
+                moved += u64::try_from(chunk.len()).unwrap_or(0);
+            }
+        }
+        Ok((moved, 0))
+    }
+
+    /// A dataset transfer: eligible datasets chunk by chunk, each chunk's outcome recorded in
+    /// one statement once it has landed (target PRESENT; missing: source MISSING).
+    async fn datasets(
+        &self,
+        route: Route<'_>,
+        mode: Mode,
+        chunk_size: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<(u64, u64), TaskError> {
+        // Only unembargo waits for the policy's release time; the later routes take what
+        // prompt_prep has.
+        let (release_join, released) = if mode == Mode::Copy {
+            (
+                "JOIN dataset_release r ON r.id = d.id",
+                "AND r.release_at <= $3",
+            )
+        } else {
+            ("", "")
+        };
+        let in_target = |table: &str, column: &str| {
+            format!(
+                "(d.{column} IS NULL OR EXISTS (SELECT 1 FROM {table} x WHERE x.id = d.{column}
+                   AND x.instrument = d.instrument AND coalesce(x.{t}, 0) <> {never}))",
+                t = route.target_column,
+                never = record_status::NEVER_PRESENT
+            )
+        };
+        let sql = format!(
+            "SELECT d.id FROM dataset d {release_join}
+             WHERE d.{s} = $1 AND d.{t} = $2 {released}
+               AND {visit} AND {exposure} AND {group}
+             ORDER BY d.id LIMIT {LOOKUP_LIMIT}",
+            s = route.source_column,
+            t = route.target_column,
+            visit = in_target("visit", "visit"),
+            exposure = in_target("exposure", "exposure"),
+            group = in_target("\"group\"", "\"group\""),
+        );
+        let mut query = sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(sql))
+            .bind(dataset_status::PRESENT)
+            .bind(dataset_status::NEVER_PRESENT);
+        if mode == Mode::Copy {
+            query = query.bind(self.clock.now());
+        }
+        let ids = query
+            .fetch_all(self.store.pool())
+            .await
+            .doing("looking up datasets to transfer")?;
+        let (mut transferred, mut missing) = (0, 0);
+        for chunk in ids.chunks(chunk_size.max(1)) {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let outcome =
+                transfer::transfer_datasets(route.source, route.target, chunk, mode).await?;
+            let stamp = (mode == Mode::Copy).then(Utc::now);
+            let stamp_sql = if mode == Mode::Copy {
+                ", unembargo_time = $4"
+            } else {
+                ""
+            };
+            let mut tx = self
+                .store
+                .pool()
+                .begin()
+                .await
+                .doing("recording a transfer")?;
+            let mut present = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE dataset SET {t} = $1{stamp_sql} WHERE id = ANY($2) AND {t} = $3",
+                t = route.target_column
+            )))
+            .bind(dataset_status::PRESENT)
+            .bind(&outcome.transferred)
+            .bind(dataset_status::NEVER_PRESENT);
+            if let Some(stamp) = stamp {
+                present = present.bind(stamp);
+            }
+            present
+                .execute(&mut *tx)
+                .await
+                .doing("recording a transfer")?;
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE dataset SET {s} = $1 WHERE id = ANY($2)",
+                s = route.source_column
+            )))
+            .bind(dataset_status::MISSING)
+            .bind(&outcome.missing)
+            .execute(&mut *tx)
+            .await
+            .doing("recording missing datasets")?;
+            tx.commit().await.doing("recording a transfer")?;
+            transferred += u64::try_from(outcome.transferred.len()).unwrap_or(0);
+            missing += u64::try_from(outcome.missing.len()).unwrap_or(0);
+        }
+        Ok((transferred, missing))
+    }
+}
+
+/// Why a task's pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The state database.
+    #[error(transparent)]
+    State(#[from] DatabaseError),
+    /// A transfer.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_777_680_000, 0)
+            .unwrap()
+            .with_hour(h)
+            .unwrap()
+            .with_minute(m)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_deployed_quiet_window_spans_midnight() {
+        let window = QuietWindow::parse("21:30-12:00").unwrap();
+        assert!(window.contains(at(21, 30)));
+        assert!(window.contains(at(3, 0)));
+        assert!(window.contains(at(11, 59)));
+        assert!(!window.contains(at(12, 0)));
+        assert!(!window.contains(at(21, 29)));
+        assert_eq!(window.remaining(at(11, 0)), Duration::from_secs(3600));
+        assert_eq!(window.remaining(at(22, 0)), Duration::from_secs(14 * 3600));
+    }
+
+    #[test]
+    fn a_window_within_the_day_and_bad_ones() {
+        let window = QuietWindow::parse("01:00-02:00").unwrap();
+        assert!(window.contains(at(1, 30)));
+        assert!(!window.contains(at(2, 30)));
+        assert!(QuietWindow::parse("21:30").is_err());
+        assert!(QuietWindow::parse("25:00-01:00").is_err());
+        assert!(QuietWindow::parse("01:00-01:00").is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! The transfer tasks in the running consumer: events recorded, then, once the policy releases
+//! them, the datasets copied to `prompt_prep` (with their visits' records and their files) and
+//! registered in `/repo/main` by URI, every step recorded in PPS's status columns; and a run
+//! resumed from a state that lost its records of the transfers (as a kill between a chunk's
+//! registry commit and its state update leaves it) ends where the first run ended, the
+//! repositories unchanged.
+
+// Test code: a failed expectation is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::TimeDelta;
+use common::{announce, fixture, get_json, ingest, observation_end, settings, start, stop};
+use publication_consumer::Clock;
+use service_kit::ServiceHandle;
+use sqlx::{Connection, PgConnection, Row};
+use test_support::TestRegistry;
+use test_support::registry::RegistryOptions;
+
+/// Row counts of the tables a transfer writes, to compare two states of a repository.
+async fn footprint(registry: &TestRegistry) -> Vec<(String, i64)> {
+    let mut conn = PgConnection::connect(&registry.database_url).await.unwrap();
+    let mut out = Vec::new();
+    for table in [
+        "dataset",
+        "dataset_location",
+        "file_datastore_records",
+        "collection",
+        "visit",
+        "visit_definition",
+        "visit_detector_region",
+        "exposure",
+        "\"group\"",
+        "day_obs",
+    ] {
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM embargo.{table}"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        out.push((table.to_owned(), count));
+    }
+    out
+}
+
+/// Waits until the state says `released` datasets are in both prompt_prep and /repo/main.
+async fn wait_for_transfers(state: &sqlx::PgPool, schema: &str, released: i64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FILTER (WHERE prompt_prep_status = 1 AND unembargo_time IS NOT NULL) AS prep,
+                    count(*) FILTER (WHERE repo_main_status = 1) AS main
+             FROM {schema}.dataset"
+        )))
+        .fetch_one(state)
+        .await
+        .unwrap();
+        let (prep, main): (i64, i64) = (row.get("prep"), row.get("main"));
+        if prep == released && main == released {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 120 s, {prep} datasets in prompt_prep and {main} in /repo/main of {released}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn released_datasets_reach_prompt_prep_and_repo_main_and_a_lost_state_resumes() {
+    let fixture = fixture(1).await;
+    let batches = ingest(&fixture, 2_026_050_300_001, 2, 60).await;
+    // Prompt Processing wrote the files; give each its own content.
+    let mut conn = PgConnection::connect(&fixture.registry.database_url)
+        .await
+        .unwrap();
+    let paths: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT path FROM embargo.file_datastore_records")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    for path in &paths {
+        let file = fixture.registry.repo.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, format!("{path}\n")).unwrap();
+    }
+    let options = RegistryOptions {
+        without_output_run: true,
+        ..RegistryOptions::default()
+    };
+    let prompt_prep = fixture
+        .env
+        .fresh_registry_with(options.clone())
+        .await
+        .unwrap();
+    let main = fixture.env.fresh_registry_with(options).await.unwrap();
+
+    let mut settings = settings(&fixture);
+    // Past the 80 h embargo of the generator's released type.
+    settings.clock = Clock::manual(observation_end() + TimeDelta::hours(81));
+    settings.prompt_prep_repository = Some(prompt_prep.butler_config.display().to_string());
+    settings.repo_main_repository = Some(main.butler_config.display().to_string());
+    settings.tasks.idle = Duration::from_millis(200);
+    settings.tasks.unembargo_chunk = 7;
+    let schema = settings.schema.clone();
+    let service = start(settings.clone()).await;
+    announce(&fixture, &batches).await;
+    let state = sqlx::PgPool::connect(&fixture.registry.database_url)
+        .await
+        .unwrap();
+    // Wait for the events, then for the transfers of what the policy released.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let total: i64 = batches.iter().map(|b| b.datasets.len() as i64).sum();
+    let released = loop {
+        let (recorded, released): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), count(*) FILTER (WHERE release_at <= $1) FROM {schema}.dataset_release"
+        )))
+        .bind(observation_end() + TimeDelta::hours(81))
+        .fetch_one(&state)
+        .await
+        .unwrap();
+        if recorded == total {
+            break released;
+        }
+        assert!(Instant::now() < deadline, "{recorded} of {total} recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(released > 0 && released < total, "{released} of {total}");
+    wait_for_transfers(&state, &schema, released).await;
+
+    // The visits are recorded in both targets; files copied to prompt_prep; /repo/main points
+    // at prompt_prep's copies.
+    let visits: (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FILTER (WHERE prompt_prep_status = 1), count(*) FILTER (WHERE repo_main_status = 1) FROM {schema}.visit"
+    )))
+    .fetch_one(&state)
+    .await
+    .unwrap();
+    assert_eq!(visits.0, visits.1);
+    assert!(visits.0 >= 2, "{visits:?}");
+    let mut prep_conn = PgConnection::connect(&prompt_prep.database_url)
+        .await
+        .unwrap();
+    let copied: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT path FROM embargo.file_datastore_records")
+            .fetch_all(&mut prep_conn)
+            .await
+            .unwrap();
+    assert!(!copied.is_empty());
+    for path in &copied {
+        assert_eq!(
+            std::fs::read(prompt_prep.repo.join(path)).unwrap(),
+            std::fs::read(fixture.registry.repo.join(path)).unwrap(),
+            "{path}"
+        );
+    }
+    let mut main_conn = PgConnection::connect(&main.database_url).await.unwrap();
+    let uris: Vec<String> = sqlx::query_scalar("SELECT path FROM embargo.file_datastore_records")
+        .fetch_all(&mut main_conn)
+        .await
+        .unwrap();
+    assert_eq!(i64::try_from(uris.len()).unwrap(), released);
+    let prep_root = format!("file://{}/", prompt_prep.repo.display());
+    assert!(
+        uris.iter().all(|u| u.starts_with(&prep_root)),
+        "{:?} under {prep_root}",
+        uris.first()
+    );
+    let (status, progress) = get_json(service.http_address(), "/api/v1/transfers").await;
+    assert_eq!(status, 200);
+    let unembargo = progress["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task"] == "unembargo")
+        .cloned()
+        .unwrap();
+    assert_eq!(unembargo["transferred"], released, "{progress}");
+    stop(service).await;
+
+    // A state that lost its records of the transfers (the registries kept theirs): the next
+    // run finds everything already there, records it, and writes nothing twice.
+    let before = (footprint(&prompt_prep).await, footprint(&main).await);
+    for statement in [
+        "UPDATE dataset SET prompt_prep_status = 0, repo_main_status = 0, unembargo_time = NULL",
+        "UPDATE visit SET prompt_prep_status = 0, repo_main_status = 0",
+        "UPDATE exposure SET prompt_prep_status = 0, repo_main_status = 0",
+        "UPDATE \"group\" SET prompt_prep_status = 0, repo_main_status = 0",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(
+            statement.replace("UPDATE ", &format!("UPDATE {schema}.")),
+        ))
+        .execute(&state)
+        .await
+        .unwrap();
+    }
+    let service = start(settings).await;
+    wait_for_transfers(&state, &schema, released).await;
+    stop(service).await;
+    let after = (footprint(&prompt_prep).await, footprint(&main).await);
+    assert_eq!(before, after);
+    let _ = conn.close().await;
+}
