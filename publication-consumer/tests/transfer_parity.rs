@@ -16,152 +16,16 @@
 // Test code: a failed expectation is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Stdio;
+mod common;
 
-use butler_repository::{ButlerConfig, PoolSettings};
-use butler_writer::Registry;
+use std::collections::BTreeSet;
+
+use common::daf_butler::{assert_same_registries, daf_butler, fill_embargo, open, twins, uuids};
 use publication_consumer::transfer::{self, Mode, Repository, Transferred};
 use schema::RecordValue;
-use serde::Deserialize;
-use sqlx::Row;
-use test_support::registry::{RegistryOptions, python};
-use test_support::{TestEnv, TestRegistry, fixture_lines, messages, workspace_root};
+use sqlx::{Connection, Row};
+use test_support::{TestEnv, TestRegistry};
 use uuid::Uuid;
-
-/// What `daf_butler_transfer.py` prints.
-#[derive(Debug, Deserialize)]
-struct PythonOutcome {
-    transferred: Vec<serde_json::Value>,
-    missing: Vec<serde_json::Value>,
-    seconds: f64,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-/// Runs a Python tool with daf_butler; panics with its output if it fails.
-async fn run_python(script: &Path, args: &[&str]) -> String {
-    let output = tokio::process::Command::new(python().unwrap())
-        .arg(script)
-        .args(args)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("running python");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{} {args:?} exited with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
-        script.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-async fn daf_butler(args: &[&str]) -> PythonOutcome {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/daf_butler_transfer.py");
-    let stdout = run_python(&script, args).await;
-    let outcome: PythonOutcome = serde_json::from_str(stdout.trim()).expect("a JSON report");
-    assert!(outcome.error.is_none(), "{outcome:?}");
-    outcome
-}
-
-/// Every table and sequence of `a` and `b` compared; panics with the differences.
-async fn assert_same_registries(a: &TestRegistry, b: &TestRegistry, after: &str) {
-    let script = workspace_root().join("butler-writer/tests/python/compare_registries.py");
-    let output = tokio::process::Command::new(python().unwrap())
-        .arg(script)
-        .args([&a.database_url, &b.database_url, &a.namespace])
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("running compare_registries.py");
-    assert!(
-        output.status.success(),
-        "after {after}, the registries differ:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-async fn open(label: &'static str, registry: &TestRegistry) -> Repository {
-    Repository::open(
-        label,
-        &registry.butler_config.display().to_string(),
-        &PoolSettings::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}", service_kit::chain(&e)))
-}
-
-fn uuids(values: &[serde_json::Value]) -> BTreeSet<Uuid> {
-    values
-        .iter()
-        .map(|v| v.as_str().expect("a UUID string").parse().expect("a UUID"))
-        .collect()
-}
-
-/// The embargo registry's datasets: the reference messages and two generated visits, each file
-/// written with content of its own. Returns the dataset ids and the visits.
-async fn fill_embargo(embargo: &TestRegistry) -> (Vec<Uuid>, Vec<i64>) {
-    let config = ButlerConfig::from_path(&embargo.butler_config).expect("butler.yaml");
-    let registry = Registry::open(&config, &PoolSettings::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut lines = fixture_lines("messages/batch_a.jsonl");
-    lines.extend(fixture_lines("messages/batch_c.jsonl"));
-    let factory = messages::MessageFactory::load();
-    lines.extend(messages::to_lines(&factory.batch(2_026_050_100_100, 40)));
-    lines.extend(messages::to_lines(&factory.batch(2_026_050_100_200, 20)));
-    let values: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
-    let outcome = registry.ingest_values(&values).await.unwrap();
-    assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
-    let ids: Vec<Uuid> = outcome.datasets().copied().collect();
-
-    let mut conn = sqlx::PgConnection::connect(&embargo.database_url)
-        .await
-        .unwrap();
-    let paths: Vec<String> =
-        sqlx::query("SELECT DISTINCT path FROM embargo.file_datastore_records")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-    for path in &paths {
-        let file = embargo.repo.join(path);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, format!("content of {path}\n")).unwrap();
-    }
-    let visits: Vec<i64> = sqlx::query("SELECT id FROM embargo.visit ORDER BY id")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    (ids, visits)
-}
-
-use sqlx::Connection;
-
-/// Twin targets, fresh, without the output RUN.
-async fn twins(env: &TestEnv) -> (TestRegistry, TestRegistry) {
-    let options = RegistryOptions {
-        without_output_run: true,
-        ..RegistryOptions::default()
-    };
-    (
-        env.fresh_registry_with(options.clone()).await.unwrap(),
-        env.fresh_registry_with(options).await.unwrap(),
-    )
-}
 
 /// The visits' records into A with daf_butler and into B with ours.
 async fn copy_visits(
@@ -249,7 +113,8 @@ async fn transfer_both(
 async fn every_transfer_leaves_the_target_daf_butler_leaves() {
     let env = TestEnv::start().await.unwrap_or_else(|e| panic!("{e:#}"));
     let embargo = env.fresh_registry().await.unwrap();
-    let (mut ids, visits) = fill_embargo(&embargo).await;
+    let (mut ids, visits) =
+        fill_embargo(&embargo, &[(2_026_050_100_100, 40), (2_026_050_100_200, 20)]).await;
     let source = open("embargo", &embargo).await;
     // One id the embargo registry has never heard of: missing on both sides.
     let unknown = Uuid::from_u128(0x5eed);

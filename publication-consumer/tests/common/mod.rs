@@ -7,6 +7,8 @@
 
 pub use test_support::messages;
 
+pub mod daf_butler;
+
 /// A real writer ahead of the consumer, and what it left.
 pub mod writer {
     pub use test_support::pipeline::*;
