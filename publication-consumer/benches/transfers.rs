@@ -7,6 +7,8 @@
 //! - unembargo (`transfer_from(transfer="copy")`), in PPS's chunks of 100;
 //! - /repo/main (`transfer_from(transfer="unsafe_direct")`), in one chunk (PPS: 20,000).
 //!
+//! Run with:
+//!
 //!     eval "$(deploy/local/stack env)"
 //!     cargo bench -p publication-consumer --bench transfers   # BENCH_DATASETS=N (default 1134)
 //!

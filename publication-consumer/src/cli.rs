@@ -354,6 +354,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PUBLICATION_REPO_MAIN_REPOSITORY")]
     pub repo_main_repository: Option<String>,
 
+    /// Datasets per unembargo chunk: each chunk's files are copied and its registry rows
+    /// written in one transaction before it is recorded (PPS: 100).
+    #[arg(long, env = "PUBLICATION_UNEMBARGO_CHUNK", default_value_t = 100)]
+    pub unembargo_chunk: usize,
+
     /// Seconds the transfer tasks wait after a pass that found nothing to do.
     #[arg(
         long,
@@ -468,6 +473,7 @@ impl ServeArgs {
                     .map(|w| crate::tasks::QuietWindow::parse(&w))
                     .transpose()
                     .map_err(|e| ConfigError::new(format!("PUBLICATION_QUIET_WINDOW: {e}")))?,
+                unembargo_chunk: self.unembargo_chunk,
                 ..crate::tasks::TaskSettings::default()
             },
         };

@@ -142,7 +142,9 @@ impl Settings {
             ));
         }
         if self.tasks.unembargo_chunk == 0 || self.tasks.repo_main_chunk == 0 {
-            return Err(ConfigError::new("transfer chunk sizes must be at least 1"));
+            return Err(ConfigError::new(
+                "PUBLICATION_UNEMBARGO_CHUNK must be at least 1",
+            ));
         }
         resources::ResourcePath::parse(&self.batch_directory).map_err(|e| {
             ConfigError::caused_by(

@@ -38,6 +38,11 @@ const VARIABLES: &[&str] = &[
     "PUBLICATION_RETRY_INITIAL_MS",
     "PUBLICATION_RETRY_MAX_MS",
     "PUBLICATION_SHUTDOWN_GRACE_SECONDS",
+    "PUBLICATION_PROMPT_PREP_REPOSITORY",
+    "PUBLICATION_REPO_MAIN_REPOSITORY",
+    "PUBLICATION_UNEMBARGO_CHUNK",
+    "PUBLICATION_TRANSFER_IDLE_SECONDS",
+    "PUBLICATION_QUIET_WINDOW",
     "LSST_DB_AUTH",
 ];
 
@@ -542,4 +547,129 @@ async fn register_collections_backfills_a_run_by_type_once_and_asks_first() {
     assert_eq!(status, Some(1));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no collection \"no/such/run\""), "{stderr}");
+}
+
+/// How many datasets the state has in prompt_prep, and how many the policy has released.
+async fn unembargoed(state: &sqlx::PgPool, schema: &str) -> (i64, i64) {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) FROM {schema}.dataset WHERE prompt_prep_status = 1),
+                (SELECT count(*) FROM {schema}.dataset_release WHERE release_at <= now())"
+    )))
+    .fetch_one(state)
+    .await
+    .unwrap_or((0, -1))
+}
+
+/// The fault the transfers must survive: the consumer killed (SIGKILL) in the middle of the
+/// unembargo task, between chunks or inside one, then started again, leaves prompt_prep's
+/// registry (every table and sequence) and files exactly as an uninterrupted consumer leaves a
+/// twin repository.
+#[tokio::test]
+async fn a_consumer_killed_mid_transfer_ends_where_an_uninterrupted_one_does() {
+    let f = fixture(1).await;
+    let batches = ingest(&f, 7_001_100, 1, 600).await;
+    let mut conn = sqlx::PgConnection::connect(&f.registry.database_url)
+        .await
+        .unwrap();
+    let paths: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT path FROM embargo.file_datastore_records")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    for path in &paths {
+        let file = f.registry.repo.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, format!("{path}\n")).unwrap();
+    }
+    announce(&f, &batches).await;
+    let options = test_support::registry::RegistryOptions {
+        without_output_run: true,
+        ..Default::default()
+    };
+    let twin = f.env.fresh_registry_with(options.clone()).await.unwrap();
+    let killed = f.env.fresh_registry_with(options).await.unwrap();
+    let state = sqlx::PgPool::connect(&f.registry.database_url)
+        .await
+        .unwrap();
+    let run = |prep: &test_support::TestRegistry, schema: &str, address| {
+        consumer_command(
+            address,
+            &[
+                (
+                    "BUTLER_REPOSITORY",
+                    f.registry.butler_config.display().to_string(),
+                ),
+                ("KAFKA_CLUSTER", f.env.kafka_bootstrap().to_owned()),
+                ("KAFKA_TOPIC", f.topics.events.clone()),
+                ("KAFKA_GROUP_ID", schema.to_owned()),
+                (
+                    "OUTPUT_DATASET_LIST_DIRECTORY",
+                    f.dir.path().display().to_string(),
+                ),
+                ("PUBLICATION_SCHEMA", schema.to_owned()),
+                (
+                    "PUBLICATION_PROMPT_PREP_REPOSITORY",
+                    prep.butler_config.display().to_string(),
+                ),
+                ("PUBLICATION_UNEMBARGO_CHUNK", "5".to_owned()),
+                ("PUBLICATION_TRANSFER_IDLE_SECONDS", "0.2".to_owned()),
+            ],
+        )
+    };
+    let wait_until = |schema: String, done: fn((i64, i64)) -> bool| {
+        let state = state.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let counts = unembargoed(&state, &schema).await;
+                if done(counts) {
+                    return counts;
+                }
+                assert!(Instant::now() < deadline, "{schema}: {counts:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    // Uninterrupted.
+    let schema = test_support::unique_name("whole");
+    let mut child = run(&twin, &schema, free_address()).spawn().unwrap();
+    let (_, released) = wait_until(schema.clone(), |(n, r)| r > 0 && n == r).await;
+    assert!(released >= 100, "{released}");
+    child.kill().await.unwrap();
+
+    // Killed once some chunks have landed and others have not, then started again.
+    let schema = test_support::unique_name("killed");
+    let mut child = run(&killed, &schema, free_address()).spawn().unwrap();
+    let (at_kill, _) = wait_until(schema.clone(), |(n, r)| n > 0 && n < r).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let after_kill = unembargoed(&state, &schema).await;
+    assert!(
+        after_kill.0 < after_kill.1,
+        "killed too late: {after_kill:?}"
+    );
+    let mut child = run(&killed, &schema, free_address()).spawn().unwrap();
+    wait_until(schema.clone(), |(n, r)| r > 0 && n == r).await;
+    child.kill().await.unwrap();
+    eprintln!("killed with {at_kill} of {released} datasets in prompt_prep");
+
+    common::daf_butler::assert_same_registries(&twin, &killed, "a kill mid-transfer").await;
+    for path in twin_paths(&twin).await {
+        assert_eq!(
+            std::fs::read(killed.repo.join(&path)).unwrap(),
+            std::fs::read(twin.repo.join(&path)).unwrap(),
+            "{path}"
+        );
+    }
+}
+
+async fn twin_paths(registry: &test_support::TestRegistry) -> Vec<String> {
+    let mut conn = sqlx::PgConnection::connect(&registry.database_url)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT DISTINCT path FROM embargo.file_datastore_records")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
 }

@@ -113,8 +113,11 @@ async fn transfer_both(
 async fn every_transfer_leaves_the_target_daf_butler_leaves() {
     let env = TestEnv::start().await.unwrap_or_else(|e| panic!("{e:#}"));
     let embargo = env.fresh_registry().await.unwrap();
-    let (mut ids, visits) =
-        fill_embargo(&embargo, &[(2_026_050_100_100, 40), (2_026_050_100_200, 20)]).await;
+    let (mut ids, visits) = fill_embargo(
+        &embargo,
+        &[(2_026_050_100_100, 40), (2_026_050_100_200, 20)],
+    )
+    .await;
     let source = open("embargo", &embargo).await;
     // One id the embargo registry has never heard of: missing on both sides.
     let unknown = Uuid::from_u128(0x5eed);

@@ -95,7 +95,10 @@ pub fn uuids(values: &[serde_json::Value]) -> BTreeSet<Uuid> {
 
 /// The embargo registry's datasets: the reference messages and generated visits (first visit,
 /// datasets), each file written with content of its own. Returns the dataset ids and the visits.
-pub async fn fill_embargo(embargo: &TestRegistry, generated: &[(i64, usize)]) -> (Vec<Uuid>, Vec<i64>) {
+pub async fn fill_embargo(
+    embargo: &TestRegistry,
+    generated: &[(i64, usize)],
+) -> (Vec<Uuid>, Vec<i64>) {
     let config = ButlerConfig::from_path(&embargo.butler_config).expect("butler.yaml");
     let registry = Registry::open(&config, &PoolSettings::default())
         .await
@@ -137,7 +140,6 @@ pub async fn fill_embargo(embargo: &TestRegistry, generated: &[(i64, usize)]) ->
     (ids, visits)
 }
 
-
 /// Twin targets, fresh, without the output RUN.
 pub async fn twins(env: &TestEnv) -> (TestRegistry, TestRegistry) {
     let options = RegistryOptions {
@@ -149,4 +151,3 @@ pub async fn twins(env: &TestEnv) -> (TestRegistry, TestRegistry) {
         env.fresh_registry_with(options).await.unwrap(),
     )
 }
-
