@@ -27,14 +27,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::time::Instant;
-
-use common::daf_butler::{assert_same_registries, daf_butler, fill_embargo, open, twins};
-use publication_consumer::transfer::{self, Mode, Repository};
-use schema::RecordValue;
-use sqlx::Connection;
-use test_support::{TestEnv, TestRegistry};
-use uuid::Uuid;
+use common::daf_butler::{
+    assert_same_registries, copy_visits, datastore_paths, fill_embargo, open, transfer_both, twins,
+    write_files,
+};
+use publication_consumer::transfer::Mode;
+use test_support::TestEnv;
 
 /// One line of the report.
 fn report(task: &str, items: usize, python: f64, ours: f64) {
@@ -43,89 +41,6 @@ fn report(task: &str, items: usize, python: f64, ours: f64) {
         items as f64 / python,
         items as f64 / ours,
         python / ours
-    );
-}
-
-async fn records(
-    embargo: &TestRegistry,
-    source: &Repository,
-    (a, b): (&TestRegistry, &TestRegistry),
-    visits: &[i64],
-) {
-    let ids: Vec<String> = visits.iter().map(i64::to_string).collect();
-    let mut args = vec![
-        "dimension-records",
-        "--source",
-        embargo.butler_config.to_str().unwrap(),
-        "--target",
-        a.butler_config.to_str().unwrap(),
-        "--element",
-        "visit",
-        "--ids",
-    ];
-    args.extend(ids.iter().map(String::as_str));
-    let python = daf_butler(&args).await;
-    let target = open("target", b).await;
-    let values: Vec<RecordValue> = visits.iter().map(|v| RecordValue::Int(*v)).collect();
-    let started = Instant::now();
-    transfer::copy_dimension_records(source, &target, "visit", "LSSTCam", &values)
-        .await
-        .unwrap();
-    report(
-        "visit records",
-        visits.len(),
-        python.seconds,
-        started.elapsed().as_secs_f64(),
-    );
-}
-
-async fn datasets(
-    embargo: &TestRegistry,
-    source: &Repository,
-    (a, b): (&TestRegistry, &TestRegistry),
-    ids: &[Uuid],
-    mode: Mode,
-    chunk: usize,
-) {
-    let list = tempfile::NamedTempFile::new().unwrap();
-    let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
-    std::fs::write(list.path(), text).unwrap();
-    let chunk_text = chunk.to_string();
-    let python = daf_butler(&[
-        "datasets",
-        "--source",
-        embargo.butler_config.to_str().unwrap(),
-        "--target",
-        a.butler_config.to_str().unwrap(),
-        "--mode",
-        if mode == Mode::Copy {
-            "copy"
-        } else {
-            "unsafe_direct"
-        },
-        "--ids-file",
-        list.path().to_str().unwrap(),
-        "--chunk",
-        &chunk_text,
-    ])
-    .await;
-    let target = open("target", b).await;
-    let started = Instant::now();
-    for part in ids.chunks(chunk) {
-        transfer::transfer_datasets(source, &target, part, mode)
-            .await
-            .unwrap();
-    }
-    let task = if mode == Mode::Copy {
-        "unembargo (copy)"
-    } else {
-        "repo main (direct)"
-    };
-    report(
-        task,
-        ids.len(),
-        python.seconds,
-        started.elapsed().as_secs_f64(),
     );
 }
 
@@ -146,34 +61,28 @@ async fn main() {
         .collect();
     let (ids, visit_ids) = fill_embargo(&embargo, &visits).await;
     // Files of a realistic small size, so the copy is not free.
-    let mut conn = sqlx::PgConnection::connect(&embargo.database_url)
-        .await
-        .unwrap();
-    let paths: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT path FROM embargo.file_datastore_records")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    for path in &paths {
-        std::fs::write(embargo.repo.join(path), vec![b'x'; 4096]).unwrap();
-    }
+    let paths = datastore_paths(&embargo).await;
+    write_files(&embargo, &paths, |_| vec![b'x'; 4096]);
     let source = open("embargo", &embargo).await;
     println!(
-        "transfers: {} datasets of {} visits ({} with the reference messages), {} files of 4 KiB",
+        "transfers: {} datasets (the reference messages and {} generated), {} visits, {} files of 4 KiB",
         ids.len(),
+        wanted,
         visit_ids.len(),
-        ids.len(),
         paths.len()
     );
 
     let (a, b) = twins(&env).await;
-    records(&embargo, &source, (&a, &b), &visit_ids).await;
-    datasets(&embargo, &source, (&a, &b), &ids, Mode::Copy, 100).await;
+    let (python, ours) = copy_visits(&embargo, &source, (&a, &b), &visit_ids).await;
+    report("visit records", visit_ids.len(), python, ours);
+    let (_, python, ours) = transfer_both(&embargo, &source, (&a, &b), &ids, Mode::Copy, 100).await;
+    report("unembargo (copy)", ids.len(), python, ours);
     assert_same_registries(&a, &b, "unembargo").await;
 
     let (main_a, main_b) = twins(&env).await;
-    records(&embargo, &source, (&main_a, &main_b), &visit_ids).await;
-    datasets(
+    let (python, ours) = copy_visits(&embargo, &source, (&main_a, &main_b), &visit_ids).await;
+    report("visit records", visit_ids.len(), python, ours);
+    let (_, python, ours) = transfer_both(
         &embargo,
         &source,
         (&main_a, &main_b),
@@ -182,6 +91,7 @@ async fn main() {
         20_000,
     )
     .await;
+    report("repo main (direct)", ids.len(), python, ours);
     assert_same_registries(&main_a, &main_b, "repo main").await;
     println!("the targets of each pair are the same, table by table");
 }

@@ -214,16 +214,26 @@ pub async fn transfer_datasets(
             missing,
         });
     }
-    let placement = match mode {
-        Mode::Copy => {
-            copy_files(source, target, &exported.paths()).await?;
-            Placement::InDatastore
-        }
-        Mode::Direct => Placement::Direct {
-            root: source.root.to_uri(),
-        },
-        Mode::InPlace => Placement::InDatastore,
-    };
+    let placement =
+        match mode {
+            Mode::Copy => {
+                // Files of datasets the target already has were copied before (a repeated or
+                // resumed transfer): daf_butler does not copy them again either.
+                let ids: Vec<Uuid> = exported.ids().collect();
+                let stored = target.registry.stored_datasets(&ids).await.map_err(|e| {
+                    TransferError::Export {
+                        label: target.label,
+                        source: e.into(),
+                    }
+                })?;
+                copy_files(source, target, &exported.paths_except(&stored)).await?;
+                Placement::InDatastore
+            }
+            Mode::Direct => Placement::Direct {
+                root: source.root.to_uri(),
+            },
+            Mode::InPlace => Placement::InDatastore,
+        };
     let outcome = target
         .registry
         .ingest_placed(&exported.events, &placement)

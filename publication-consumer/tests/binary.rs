@@ -568,19 +568,8 @@ async fn unembargoed(state: &sqlx::PgPool, schema: &str) -> (i64, i64) {
 async fn a_consumer_killed_mid_transfer_ends_where_an_uninterrupted_one_does() {
     let f = fixture(1).await;
     let batches = ingest(&f, 7_001_100, 1, 600).await;
-    let mut conn = sqlx::PgConnection::connect(&f.registry.database_url)
-        .await
-        .unwrap();
-    let paths: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT path FROM embargo.file_datastore_records")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    for path in &paths {
-        let file = f.registry.repo.join(path);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, format!("{path}\n")).unwrap();
-    }
+    let paths = common::daf_butler::datastore_paths(&f.registry).await;
+    common::daf_butler::write_files(&f.registry, &paths, |path| format!("{path}\n").into_bytes());
     announce(&f, &batches).await;
     let options = test_support::registry::RegistryOptions {
         without_output_run: true,
@@ -655,21 +644,11 @@ async fn a_consumer_killed_mid_transfer_ends_where_an_uninterrupted_one_does() {
     eprintln!("killed with {at_kill} of {released} datasets in prompt_prep");
 
     common::daf_butler::assert_same_registries(&twin, &killed, "a kill mid-transfer").await;
-    for path in twin_paths(&twin).await {
+    for path in common::daf_butler::datastore_paths(&twin).await {
         assert_eq!(
             std::fs::read(killed.repo.join(&path)).unwrap(),
             std::fs::read(twin.repo.join(&path)).unwrap(),
             "{path}"
         );
     }
-}
-
-async fn twin_paths(registry: &test_support::TestRegistry) -> Vec<String> {
-    let mut conn = sqlx::PgConnection::connect(&registry.database_url)
-        .await
-        .unwrap();
-    sqlx::query_scalar("SELECT DISTINCT path FROM embargo.file_datastore_records")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
 }

@@ -76,19 +76,10 @@ async fn released_datasets_reach_prompt_prep_and_repo_main_and_a_lost_state_resu
     let fixture = fixture(1).await;
     let batches = ingest(&fixture, 2_026_050_300_001, 2, 60).await;
     // Prompt Processing wrote the files; give each its own content.
-    let mut conn = PgConnection::connect(&fixture.registry.database_url)
-        .await
-        .unwrap();
-    let paths: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT path FROM embargo.file_datastore_records")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    for path in &paths {
-        let file = fixture.registry.repo.join(path);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, format!("{path}\n")).unwrap();
-    }
+    let paths = common::daf_butler::datastore_paths(&fixture.registry).await;
+    common::daf_butler::write_files(&fixture.registry, &paths, |path| {
+        format!("{path}\n").into_bytes()
+    });
     let options = RegistryOptions {
         without_output_run: true,
         ..RegistryOptions::default()
@@ -143,14 +134,7 @@ async fn released_datasets_reach_prompt_prep_and_repo_main_and_a_lost_state_resu
     .unwrap();
     assert_eq!(visits.0, visits.1);
     assert!(visits.0 >= 2, "{visits:?}");
-    let mut prep_conn = PgConnection::connect(&prompt_prep.database_url)
-        .await
-        .unwrap();
-    let copied: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT path FROM embargo.file_datastore_records")
-            .fetch_all(&mut prep_conn)
-            .await
-            .unwrap();
+    let copied = common::daf_butler::datastore_paths(&prompt_prep).await;
     assert!(!copied.is_empty());
     for path in &copied {
         assert_eq!(
@@ -204,5 +188,4 @@ async fn released_datasets_reach_prompt_prep_and_repo_main_and_a_lost_state_resu
     stop(service).await;
     let after = (footprint(&prompt_prep).await, footprint(&main).await);
     assert_eq!(before, after);
-    let _ = conn.close().await;
 }

@@ -68,12 +68,15 @@ impl ExportedDatasets {
             .flat_map(|e| e.dataset_refs().map(|(id, _, _)| *id))
     }
 
-    /// Every file path, relative to the source's datastore root, with no repeats.
-    pub fn paths(&self) -> Vec<&str> {
+    /// Every file path, relative to the source's datastore root, with no repeats, leaving out
+    /// files all of whose datasets are in `stored` (already in a target, with their files).
+    pub fn paths_except(&self, stored: &HashSet<Uuid>) -> Vec<&str> {
         let mut seen = HashSet::new();
         self.events
             .iter()
-            .flat_map(|e| e.datasets.iter().map(|f| f.path.as_str()))
+            .flat_map(|e| e.datasets.iter())
+            .filter(|f| f.refs.keys().any(|id| !stored.contains(id)))
+            .map(|f| f.path.as_str())
             .filter(|p| seen.insert(*p))
             .collect()
     }
@@ -110,6 +113,32 @@ struct DatasetRow {
 }
 
 impl Registry {
+    /// Which of `ids` a datastore of this registry holds a file for: a transfer need not copy
+    /// their files again.
+    pub async fn stored_datasets(&self, ids: &[Uuid]) -> Result<HashSet<Uuid>, DatabaseError> {
+        let doing = "reading which datasets a datastore holds";
+        let mut conn = self.pool.acquire().await.doing(doing)?;
+        let mut stored = HashSet::new();
+        let tables: std::collections::BTreeSet<&str> = self
+            .datastores
+            .iter()
+            .map(|d| d.records_table.as_str())
+            .collect();
+        for table in tables {
+            let found: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT DISTINCT dataset_id FROM {}.{} WHERE dataset_id = ANY($1)",
+                self.namespace_sql,
+                ident(table)
+            )))
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await
+            .doing(doing)?;
+            stored.extend(found);
+        }
+        Ok(stored)
+    }
+
     /// Reads the datasets `ids` name: their type, RUN, data ID (required dimensions) and file
     /// (path relative to the datastore root, formatter). Ids the registry lacks, and datasets no
     /// datastore has a file for, are listed apart, as daf_butler's `transfer_from` reports them

@@ -10,7 +10,8 @@ use std::process::Stdio;
 
 use butler_repository::{ButlerConfig, PoolSettings};
 use butler_writer::Registry;
-use publication_consumer::transfer::Repository;
+use publication_consumer::transfer::{self, Mode, Repository, Transferred};
+use schema::RecordValue;
 use serde::Deserialize;
 use sqlx::{Connection, Row};
 use test_support::registry::{RegistryOptions, python};
@@ -114,22 +115,13 @@ pub async fn fill_embargo(
     assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
     let ids: Vec<Uuid> = outcome.datasets().copied().collect();
 
+    let paths = datastore_paths(embargo).await;
+    write_files(embargo, &paths, |path| {
+        format!("content of {path}\n").into_bytes()
+    });
     let mut conn = sqlx::PgConnection::connect(&embargo.database_url)
         .await
         .unwrap();
-    let paths: Vec<String> =
-        sqlx::query("SELECT DISTINCT path FROM embargo.file_datastore_records")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-    for path in &paths {
-        let file = embargo.repo.join(path);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, format!("content of {path}\n")).unwrap();
-    }
     let visits: Vec<i64> = sqlx::query("SELECT id FROM embargo.visit ORDER BY id")
         .fetch_all(&mut conn)
         .await
@@ -150,4 +142,115 @@ pub async fn twins(env: &TestEnv) -> (TestRegistry, TestRegistry) {
         env.fresh_registry_with(options.clone()).await.unwrap(),
         env.fresh_registry_with(options).await.unwrap(),
     )
+}
+
+/// Every file path a registry's datastore records name, relative to its root.
+pub async fn datastore_paths(registry: &TestRegistry) -> Vec<String> {
+    let mut conn = sqlx::PgConnection::connect(&registry.database_url)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT DISTINCT path FROM embargo.file_datastore_records")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Writes each file, as Prompt Processing would have, with `content(path)`.
+pub fn write_files(registry: &TestRegistry, paths: &[String], content: impl Fn(&str) -> Vec<u8>) {
+    for path in paths {
+        let file = registry.repo.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, content(path)).unwrap();
+    }
+}
+
+/// The visits' records into A with daf_butler and into B with ours; returns each side's
+/// seconds (daf_butler's calls alone; ours with the repositories open).
+pub async fn copy_visits(
+    embargo: &TestRegistry,
+    source: &Repository,
+    (a, b): (&TestRegistry, &TestRegistry),
+    visits: &[i64],
+) -> (f64, f64) {
+    let ids: Vec<String> = visits.iter().map(i64::to_string).collect();
+    let mut args = vec![
+        "dimension-records",
+        "--source",
+        embargo.butler_config.to_str().unwrap(),
+        "--target",
+        a.butler_config.to_str().unwrap(),
+        "--element",
+        "visit",
+        "--ids",
+    ];
+    args.extend(ids.iter().map(String::as_str));
+    let python = daf_butler(&args).await;
+    let target = open("prompt_prep", b).await;
+    let values: Vec<RecordValue> = visits.iter().map(|v| RecordValue::Int(*v)).collect();
+    let started = std::time::Instant::now();
+    let copied = transfer::copy_dimension_records(source, &target, "visit", "LSSTCam", &values)
+        .await
+        .unwrap_or_else(|e| panic!("{}", service_kit::chain(&e)));
+    let ours = started.elapsed().as_secs_f64();
+    assert!(
+        copied > visits.len(),
+        "a visit brings its definitions along"
+    );
+    (python.seconds, ours)
+}
+
+/// The datasets into A with daf_butler and into B with ours, in chunks of `chunk`; both must
+/// report the same transferred and missing ids. Returns ours and each side's seconds.
+pub async fn transfer_both(
+    embargo: &TestRegistry,
+    source: &Repository,
+    (a, b): (&TestRegistry, &TestRegistry),
+    ids: &[Uuid],
+    mode: Mode,
+    chunk: usize,
+) -> (Transferred, f64, f64) {
+    let list = tempfile::NamedTempFile::new().unwrap();
+    let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    std::fs::write(list.path(), text).unwrap();
+    let chunk_text = chunk.to_string();
+    let python = daf_butler(&[
+        "datasets",
+        "--source",
+        embargo.butler_config.to_str().unwrap(),
+        "--target",
+        a.butler_config.to_str().unwrap(),
+        "--mode",
+        if mode == Mode::Copy {
+            "copy"
+        } else {
+            "unsafe_direct"
+        },
+        "--ids-file",
+        list.path().to_str().unwrap(),
+        "--chunk",
+        &chunk_text,
+    ])
+    .await;
+    let target = open("target", b).await;
+    let started = std::time::Instant::now();
+    let mut ours = Transferred::default();
+    for part in ids.chunks(chunk) {
+        let done = transfer::transfer_datasets(source, &target, part, mode)
+            .await
+            .unwrap_or_else(|e| panic!("{}", service_kit::chain(&e)));
+        ours.transferred.extend(done.transferred);
+        ours.missing.extend(done.missing);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(
+        ours.transferred.iter().copied().collect::<BTreeSet<_>>(),
+        uuids(&python.transferred),
+        "{mode:?}: transferred"
+    );
+    assert_eq!(
+        ours.missing.iter().copied().collect::<BTreeSet<_>>(),
+        uuids(&python.missing),
+        "{mode:?}: missing"
+    );
+    (ours, python.seconds, seconds)
 }
