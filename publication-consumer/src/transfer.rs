@@ -234,20 +234,7 @@ pub async fn transfer_datasets(
             },
             Mode::InPlace => Placement::InDatastore,
         };
-    let outcome = target
-        .registry
-        .ingest_placed(&exported.events, &placement)
-        .await
-        .map_err(|e| TransferError::Ingest {
-            label: target.label,
-            source: e,
-        })?;
-    if !outcome.rejected.is_empty() {
-        return Err(TransferError::Refused {
-            label: target.label,
-            rejections: outcome.rejected,
-        });
-    }
+    let outcome = write(target, &exported.events, &placement).await?;
     let landed: HashSet<Uuid> = outcome
         .ingested
         .iter()
@@ -348,19 +335,31 @@ pub async fn copy_dimension_records(
         dataset_types: None,
         datasets: Vec::new(),
     };
+    write(target, &[event], &Placement::InDatastore).await?;
+    Ok(count)
+}
+
+/// Writes what was read from a source into `target` with the engine; anything the target turns
+/// away fails the whole transfer, so that it is tried again rather than half-recorded.
+async fn write(
+    target: &Repository,
+    events: &[PromptProcessingOutputEvent],
+    placement: &Placement,
+) -> Result<butler_writer::BatchOutcome, TransferError> {
     let outcome = target
         .registry
-        .ingest(&[event])
+        .ingest_placed(events, placement)
         .await
         .map_err(|e| TransferError::Ingest {
             label: target.label,
             source: e,
         })?;
-    if !outcome.rejected.is_empty() {
-        return Err(TransferError::Refused {
+    if outcome.rejected.is_empty() {
+        Ok(outcome)
+    } else {
+        Err(TransferError::Refused {
             label: target.label,
             rejections: outcome.rejected,
-        });
+        })
     }
-    Ok(count)
 }

@@ -113,18 +113,21 @@ struct DatasetRow {
 }
 
 impl Registry {
+    /// The datastores' records tables, each once.
+    fn records_tables(&self) -> std::collections::BTreeSet<&str> {
+        self.datastores
+            .iter()
+            .map(|d| d.records_table.as_str())
+            .collect()
+    }
+
     /// Which of `ids` a datastore of this registry holds a file for: a transfer need not copy
     /// their files again.
     pub async fn stored_datasets(&self, ids: &[Uuid]) -> Result<HashSet<Uuid>, DatabaseError> {
         let doing = "reading which datasets a datastore holds";
         let mut conn = self.pool.acquire().await.doing(doing)?;
         let mut stored = HashSet::new();
-        let tables: std::collections::BTreeSet<&str> = self
-            .datastores
-            .iter()
-            .map(|d| d.records_table.as_str())
-            .collect();
-        for table in tables {
+        for table in self.records_tables() {
             let found: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
                 "SELECT DISTINCT dataset_id FROM {}.{} WHERE dataset_id = ANY($1)",
                 self.namespace_sql,
@@ -209,12 +212,7 @@ impl Registry {
         // Files: every records table of every datastore.
         let mut files: HashMap<Uuid, (String, String)> = HashMap::with_capacity(found.len());
         let mut components: HashSet<Uuid> = HashSet::new();
-        let tables: std::collections::BTreeSet<&str> = self
-            .datastores
-            .iter()
-            .map(|d| d.records_table.as_str())
-            .collect();
-        for table in tables {
+        for table in self.records_tables() {
             let rows = sqlx::query(AssertSqlSafe(format!(
                 "SELECT dataset_id, path, formatter, component FROM {ns}.{} WHERE dataset_id = ANY($1)",
                 ident(table)
