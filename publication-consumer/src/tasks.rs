@@ -1,5 +1,5 @@
 //! The transfer tasks, driven by the state database as the Prompt Publication Service drives
-//! them (`../shared/reference/prompt-publication-service.md` §5): each pass looks up what is
+//! them (`lsst-dm/prompt_publication_service` 1.0.x, its `tasks/`): each pass looks up what is
 //! eligible, moves it in chunks ([`crate::transfer`]) and records each chunk only once it has
 //! landed, so a kill at any point leaves work that the next pass finishes the same way.
 //!
@@ -161,6 +161,15 @@ impl RecordTable {
         }
     }
 
+    /// The SQL type of its `id` (the ids travel as text and are cast once, as an array, so the
+    /// primary key's index still serves the update).
+    fn key_type(self) -> &'static str {
+        match self {
+            Self::Group => "varchar",
+            Self::Visit | Self::Exposure => "bigint",
+        }
+    }
+
     fn table(self) -> &'static str {
         match self {
             Self::Visit => "visit",
@@ -240,53 +249,67 @@ struct Runner {
 impl Runner {
     /// Every task once, in dependency order; returns how much moved.
     async fn pass(&self, shutdown: &CancellationToken) -> u64 {
-        let mut moved = 0;
-        let embargo = &self.repositories.embargo;
-        if let Some(prompt_prep) = &self.repositories.prompt_prep {
-            let route = Route {
-                source: embargo,
-                target: prompt_prep,
-                source_column: "embargo_status",
-                target_column: "prompt_prep_status",
+        let Some(prompt_prep) = &self.repositories.prompt_prep else {
+            return 0;
+        };
+        let unembargo = Route {
+            source: &self.repositories.embargo,
+            target: prompt_prep,
+            source_column: "embargo_status",
+            target_column: "prompt_prep_status",
+        };
+        let mut moved = self
+            .route(
+                unembargo,
+                "unembargo",
+                Mode::Copy,
+                self.settings.unembargo_chunk,
+                shutdown,
+            )
+            .await;
+        if let Some(main) = &self.repositories.repo_main {
+            let repo_main = Route {
+                source: prompt_prep,
+                target: main,
+                source_column: "prompt_prep_status",
+                target_column: "repo_main_status",
             };
-            moved += self.records(route, "prompt_prep", shutdown).await;
             moved += self
-                .task(
-                    "unembargo",
-                    self.datasets(route, Mode::Copy, self.settings.unembargo_chunk, shutdown),
+                .route(
+                    repo_main,
+                    "repo_main",
+                    Mode::Direct,
+                    self.settings.repo_main_chunk,
+                    shutdown,
                 )
                 .await;
-            if let Some(main) = &self.repositories.repo_main {
-                let route = Route {
-                    source: prompt_prep,
-                    target: main,
-                    source_column: "prompt_prep_status",
-                    target_column: "repo_main_status",
-                };
-                moved += self.records(route, "repo_main", shutdown).await;
-                moved += self
-                    .task(
-                        "repo_main",
-                        self.datasets(route, Mode::Direct, self.settings.repo_main_chunk, shutdown),
-                    )
-                    .await;
-            }
         }
         moved
     }
 
-    async fn records(&self, route: Route<'_>, target: &str, shutdown: &CancellationToken) -> u64 {
+    /// One route: its dimension records first (the datasets need them), then its datasets.
+    async fn route(
+        &self,
+        route: Route<'_>,
+        task: &str,
+        mode: Mode,
+        chunk: usize,
+        shutdown: &CancellationToken,
+    ) -> u64 {
         let mut moved = 0;
         for table in RecordTable::ALL {
             if shutdown.is_cancelled() {
-                break;
+                return moved;
             }
-            let name = format!("records_{}_{target}", table.element());
+            let name = format!("records_{}_{}", table.element(), route.target.label);
             moved += self
                 .task(&name, self.copy_records(route, table, shutdown))
                 .await;
         }
         moved
+            + self
+                .task(task, self.datasets(route, mode, chunk, shutdown))
+                .await
     }
 
     /// Runs one task's pass and books its progress; a failure is logged and counted, and the
@@ -343,9 +366,11 @@ impl Runner {
         shutdown: &CancellationToken,
     ) -> Result<(u64, u64), TaskError> {
         let doing = "looking up dimension records to copy";
+        // PPS's record status columns are nullable, and NULL means never present; spelled as
+        // `= 0 OR IS NULL` rather than `coalesce` so that the status indexes serve it.
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT instrument, id::text AS id FROM {t}
-             WHERE {s} = $1 AND coalesce({g}, 0) = $2
+             WHERE {s} = $1 AND ({g} = $2 OR {g} IS NULL)
              ORDER BY instrument, id LIMIT $3",
             t = table.table(),
             s = route.source_column,
@@ -388,10 +413,11 @@ impl Runner {
                 )
                 .await?;
                 sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE {t} SET {g} = $1 WHERE instrument = $2 AND id::text = ANY($3)
-                       AND coalesce({g}, 0) = $4",
+                    "UPDATE {t} SET {g} = $1 WHERE instrument = $2 AND id = ANY($3::text[]::{k}[])
+                       AND ({g} = $4 OR {g} IS NULL)",
                     t = table.table(),
-                    g = route.target_column
+                    g = route.target_column,
+                    k = table.key_type()
                 )))
                 .bind(record_status::INITIAL)
                 .bind(&instrument)

@@ -1,6 +1,6 @@
 //! Moving datasets and dimension records from one Butler repository to another, as the Prompt
-//! Publication Service's transfer tasks do with daf_butler (`../shared/reference/
-//! prompt-publication-service.md` §5): the registry side is the Butler Writer's engine
+//! Publication Service's transfer tasks do with daf_butler (the table below names each call):
+//! the registry side is the Butler Writer's engine
 //! (`butler_writer::Registry`: rows read with `export_*`, written with `ingest_placed`), the
 //! files are copied with `resources`.
 //!

@@ -11,8 +11,8 @@ what was missing, so that the Rust consumer's result can be compared table by ta
     python daf_butler_transfer.py publish --source S.yaml --target T.yaml \\
         --ids-file IDS [--tagged Prompt/Available/Outputs] [--register-tagged] [--chunk 10000]
 
-What each sub-command does (``../shared/reference/prompt-publication-service.md`` section 5,
-written from that description and from observing daf_butler, not copied from PPS):
+What each sub-command does (written from PPS's documented behaviour and from observing
+daf_butler, not copied from PPS):
 
 * ``dimension-records``: the visit-record copy task. The IDs become data IDs
   ``{"instrument": INSTRUMENT, ELEMENT: id}``, standardized against the source universe (a plain
