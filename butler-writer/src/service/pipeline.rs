@@ -58,6 +58,29 @@ pub struct Ingested {
 /// A finished ingest task: the batch, or `None` when it was abandoned.
 type IngestTask = JoinHandle<Result<Option<Ingested>, ServiceError>>;
 
+/// Committing a batch's offsets says "every message before these is done". Once a batch is
+/// abandoned (held by the breaker at shutdown, revoked, refused by the group), no later batch
+/// read under the same assignment may be announced: its commit would step over the abandoned
+/// messages, which are then neither ingested nor dead-lettered. They all come again, from the
+/// last committed offset, to whoever holds the partitions next.
+#[derive(Debug, Default)]
+struct CommitGap {
+    /// The assignment generation in which a batch was abandoned.
+    generation: Option<u64>,
+}
+
+impl CommitGap {
+    /// May a batch read under `generation` be announced?
+    fn allows(&self, generation: u64) -> bool {
+        self.generation != Some(generation)
+    }
+
+    /// A batch read under `generation` was abandoned.
+    fn opened(&mut self, generation: u64) {
+        self.generation = Some(generation);
+    }
+}
+
 /// Everything the two stages share.
 pub struct Pipeline {
     pub(super) registry: Arc<Registry>,
@@ -127,12 +150,24 @@ impl Pipeline {
     ) -> Result<(), ServiceError> {
         let mut breaker = Breaker::new(self.settings.breaker);
         let mut announced = 0_u64;
+        let mut gap = CommitGap::default();
         while let Some(task) = ingested.recv().await {
             let joined = task.await.map_err(service_kit::TaskFailed)?;
             let Some(batch) = joined? else { continue };
+            let generation = batch.batch.generation;
+            if !gap.allows(generation) {
+                info!(
+                    batch = batch.batch.number,
+                    "batch abandoned: an earlier batch of this assignment was; its messages will come again"
+                );
+                self.metrics.batch("abandoned");
+                continue;
+            }
             self.faults.before_announce(announced)?;
             if self.announce(batch, &mut breaker).await? {
                 announced += 1;
+            } else {
+                gap.opened(generation);
             }
         }
         Ok(())
@@ -473,4 +508,24 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommitGap;
+
+    #[test]
+    fn after_an_abandoned_batch_no_later_batch_of_its_assignment_is_announced() {
+        let mut gap = CommitGap::default();
+        assert!(gap.allows(3), "nothing abandoned yet");
+        gap.opened(3);
+        assert!(
+            !gap.allows(3),
+            "a later batch of the same assignment would skip the gap"
+        );
+        assert!(
+            gap.allows(4),
+            "a new assignment starts again from the committed offsets"
+        );
+    }
 }
