@@ -5,7 +5,10 @@
 //! way, repositories already open):
 //! - the visit-record copy (`transfer_dimension_records_from`), in one chunk;
 //! - unembargo (`transfer_from(transfer="copy")`), in PPS's chunks of 100;
-//! - /repo/main (`transfer_from(transfer="unsafe_direct")`), in one chunk (PPS: 20,000).
+//! - /repo/main (`transfer_from(transfer="unsafe_direct")`), in one chunk (PPS: 20,000);
+//! - the Google publication (`transfer_datasets_in_place`, then `associate` into
+//!   `Prompt/Available/Outputs`), in one chunk (PPS: 10,000), into twins sharing the source's
+//!   datastore.
 //!
 //! Run with:
 //!
@@ -28,8 +31,8 @@
 mod common;
 
 use common::daf_butler::{
-    assert_same_registries, copy_visits, datastore_paths, fill_embargo, open, transfer_both, twins,
-    write_files,
+    assert_same_registries, copy_visits, datastore_paths, fill_embargo, google_twins, open,
+    publish_both, transfer_both, twins, write_files,
 };
 use publication_consumer::transfer::Mode;
 use test_support::TestEnv;
@@ -93,5 +96,13 @@ async fn main() {
     .await;
     report("repo main (direct)", ids.len(), python, ours);
     assert_same_registries(&main_a, &main_b, "repo main").await;
+
+    let (google_a, google_b) = google_twins(&env, &embargo).await;
+    let (python, ours) = copy_visits(&embargo, &source, (&google_a, &google_b), &visit_ids).await;
+    report("visit records", visit_ids.len(), python, ours);
+    let (_, python, ours) =
+        publish_both(&embargo, &source, (&google_a, &google_b), &ids, 10_000).await;
+    report("google (in place, tag)", ids.len(), python, ours);
+    assert_same_registries(&google_a, &google_b, "google publication").await;
     println!("the targets of each pair are the same, table by table");
 }

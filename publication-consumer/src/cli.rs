@@ -286,10 +286,9 @@ PROMPTPUB_KAFKA_TOPIC, PROMPTPUB_KAFKA_GROUP_ID, PROMPTPUB_KAFKA_USERNAME, PROMP
 PROMPTPUB_STATE_DATABASE_URI and PROMPTPUB_STATE_DATABASE_PASSWORD stand for BUTLER_REPOSITORY, \
 OUTPUT_DATASET_LIST_DIRECTORY, KAFKA_CLUSTER, KAFKA_TOPIC, KAFKA_GROUP_ID, KAFKA_USERNAME, \
 KAFKA_PASSWORD and PUBLICATION_DATABASE_URL (its password replaced); PROMPTPUB_PROMPT_PREP_REPO_PATH \
-and PROMPTPUB_MAIN_REPO_PATH for PUBLICATION_PROMPT_PREP_REPOSITORY and \
-PUBLICATION_REPO_MAIN_REPOSITORY; one of them and ours set to different values is an error. \
-PROMPTPUB_GOOGLE_INT_REPO_PATH is for the Google publication, which this version does not run: \
-ignored, with a warning.";
+PROMPTPUB_MAIN_REPO_PATH and PROMPTPUB_GOOGLE_INT_REPO_PATH for PUBLICATION_PROMPT_PREP_REPOSITORY, \
+PUBLICATION_REPO_MAIN_REPOSITORY and PUBLICATION_GOOGLE_INT_REPOSITORY; one of them and ours set to \
+different values is an error.";
 
 /// Arguments of `publication-consumer serve`.
 #[derive(Debug, Args)]
@@ -353,6 +352,22 @@ pub struct ServeArgs {
     /// Needs `--prompt-prep-repository`.
     #[arg(long, env = "PUBLICATION_REPO_MAIN_REPOSITORY")]
     pub repo_main_repository: Option<String>,
+
+    /// The Google `prompt` repository (`butler.yaml` or its directory), whose datastore shares
+    /// `prompt_prep`'s root and datastore names: the types the policy publishes to the public
+    /// are registered there in place and tagged into `--google-tagged-collection`. Needs
+    /// `--prompt-prep-repository`.
+    #[arg(long, env = "PUBLICATION_GOOGLE_INT_REPOSITORY")]
+    pub google_int_repository: Option<String>,
+
+    /// The Google repository's TAGGED collection that published datasets are tagged into; it
+    /// must exist (PPS's `initialize_google_repo` makes it).
+    #[arg(
+        long,
+        env = "PUBLICATION_GOOGLE_TAGGED_COLLECTION",
+        default_value = crate::tasks::PUBLISHED_COLLECTION
+    )]
+    pub google_tagged_collection: String,
 
     /// Datasets per unembargo chunk: each chunk's files are copied and its registry rows
     /// written in one transaction before it is recorded (PPS: 100).
@@ -462,6 +477,7 @@ impl ServeArgs {
             metrics: self.metrics.into_settings(crate::sasquatch::APPLICATION)?,
             prompt_prep_repository: self.prompt_prep_repository.filter(|r| !r.is_empty()),
             repo_main_repository: self.repo_main_repository.filter(|r| !r.is_empty()),
+            google_int_repository: self.google_int_repository.filter(|r| !r.is_empty()),
             tasks: crate::tasks::TaskSettings {
                 idle: seconds(
                     self.transfer_idle_seconds,
@@ -474,6 +490,7 @@ impl ServeArgs {
                     .transpose()
                     .map_err(|e| ConfigError::new(format!("PUBLICATION_QUIET_WINDOW: {e}")))?,
                 unembargo_chunk: self.unembargo_chunk,
+                tagged_collection: self.google_tagged_collection,
                 ..crate::tasks::TaskSettings::default()
             },
         };

@@ -187,12 +187,13 @@ impl Service {
             events: Arc::clone(&events),
         };
         if let Some(repositories) = transfers {
-            let (store, task_settings, clock, stop) = (
+            let (store, mut task_settings, clock, stop) = (
                 store.clone(),
                 settings.tasks.clone(),
                 settings.clock.clone(),
                 shutdown.clone(),
             );
+            task_settings.published_types = settings.policy.published_types();
             tokio::spawn(tasks::run(
                 repositories,
                 store,
@@ -310,14 +311,20 @@ async fn open_transfers(settings: &Settings) -> Result<Option<tasks::Repositorie
         Some(location) => Some(open("repo_main", location.clone()).await?),
         None => None,
     };
+    let google_int = match &settings.google_int_repository {
+        Some(location) => Some(open("google_int", location.clone()).await?),
+        None => None,
+    };
     info!(
         repo_main = repo_main.is_some(),
+        google_int = google_int.is_some(),
         "transfer tasks on: embargo to prompt_prep"
     );
     Ok(Some(tasks::Repositories {
         embargo,
         prompt_prep,
         repo_main,
+        google_int,
     }))
 }
 

@@ -7,23 +7,17 @@ use clap::Parser;
 use publication_consumer::pps_variables;
 
 fn main() -> ExitCode {
-    let translated = match pps_variables::translate(std::env::args_os().collect(), |name| {
+    let args = match pps_variables::translate(std::env::args_os().collect(), |name| {
         std::env::var(name).ok()
     }) {
-        Ok(translated) => translated,
+        Ok(args) => args,
         Err(error) => {
             eprintln!("publication-consumer: {error}");
             return ExitCode::from(2);
         }
     };
-    let cli = publication_consumer::cli::Cli::parse_from(translated.args);
+    let cli = publication_consumer::cli::Cli::parse_from(args);
     publication_consumer::cli::init_tracing(&cli);
-    for variable in translated.ignored {
-        tracing::warn!(
-            variable,
-            "set for a transfer task of the Prompt Publication Service, which this version does not run; ignored"
-        );
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

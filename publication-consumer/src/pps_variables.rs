@@ -16,10 +16,8 @@
 //!   the URI's password, as PPS does.
 //!
 //! - `PROMPTPUB_PROMPT_PREP_REPO_PATH`: `PUBLICATION_PROMPT_PREP_REPOSITORY`;
-//!   `PROMPTPUB_MAIN_REPO_PATH`: `PUBLICATION_REPO_MAIN_REPOSITORY` (the transfer tasks).
-//!
-//! `PROMPTPUB_GOOGLE_INT_REPO_PATH` names the Google publication's repository; this version does
-//! not run that task, and [`Translated::ignored`] lists it so that `serve` says so.
+//!   `PROMPTPUB_MAIN_REPO_PATH`: `PUBLICATION_REPO_MAIN_REPOSITORY`;
+//!   `PROMPTPUB_GOOGLE_INT_REPO_PATH`: `PUBLICATION_GOOGLE_INT_REPOSITORY` (the transfer tasks).
 
 use std::ffi::OsString;
 
@@ -64,15 +62,17 @@ const SAME_MEANING: &[(&str, &str, &str)] = &[
         "PUBLICATION_REPO_MAIN_REPOSITORY",
         "--repo-main-repository",
     ),
+    (
+        "PROMPTPUB_GOOGLE_INT_REPO_PATH",
+        "PUBLICATION_GOOGLE_INT_REPOSITORY",
+        "--google-int-repository",
+    ),
 ];
 
 /// PPS's state database URI and its password.
 const STATE_URI: &str = "PROMPTPUB_STATE_DATABASE_URI";
 const STATE_PASSWORD: &str = "PROMPTPUB_STATE_DATABASE_PASSWORD";
 const OUR_STATE_URL: (&str, &str) = ("PUBLICATION_DATABASE_URL", "--database-url");
-
-/// PPS variables for work this version does not do yet.
-const FOR_TRANSFERS: &[&str] = &["PROMPTPUB_GOOGLE_INT_REPO_PATH"];
 
 /// Every `PROMPTPUB_*` variable read.
 pub const VARIABLES: &[&str] = &[
@@ -90,27 +90,15 @@ pub const VARIABLES: &[&str] = &[
     "PROMPTPUB_GOOGLE_INT_REPO_PATH",
 ];
 
-/// The command line with the PPS variables' flags added.
-#[derive(Debug)]
-pub struct Translated {
-    /// The arguments to parse.
-    pub args: Vec<OsString>,
-    /// PPS variables that were set and that this version does not use.
-    pub ignored: Vec<&'static str>,
-}
-
 /// Adds to `args` (program name first) a flag for each PPS variable `env` has, after the
 /// `serve` subcommand; anything but `serve` is left alone.
 pub fn translate(
     args: Vec<OsString>,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<Translated, ConfigError> {
+) -> Result<Vec<OsString>, ConfigError> {
     let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
     let Some(serve_at) = args.iter().position(|a| a == "serve") else {
-        return Ok(Translated {
-            args,
-            ignored: Vec::new(),
-        });
+        return Ok(args);
     };
     let given = |flag: &str| {
         args[serve_at + 1..].iter().any(|a| {
@@ -148,14 +136,7 @@ pub fn translate(
     }
     let mut args = args;
     args.splice(serve_at + 1..serve_at + 1, flags);
-    Ok(Translated {
-        args,
-        ignored: FOR_TRANSFERS
-            .iter()
-            .copied()
-            .filter(|name| set(name).is_some())
-            .collect(),
-    })
+    Ok(args)
 }
 
 /// PPS's SQLAlchemy URI as a Postgres URL: the driver suffix dropped, the password replaced
@@ -189,7 +170,7 @@ mod tests {
 
     use super::*;
 
-    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Translated, String> {
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Vec<OsString>, String> {
         let env: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -200,11 +181,8 @@ mod tests {
         .map_err(|e| e.to_string())
     }
 
-    fn args(t: &Translated) -> Vec<String> {
-        t.args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
+    fn args(t: &[OsString]) -> Vec<String> {
+        t.iter().map(|a| a.to_string_lossy().into_owned()).collect()
     }
 
     /// The variables of PPS's production deployment.
@@ -260,13 +238,13 @@ mod tests {
             "--database-url=postgresql://prompt_pub:p%40ss%3Aw%2Frd@db.example.org/promptpub",
             "--prompt-prep-repository=/sdf/data/rubin/repo/prompt_prep/butler.yaml",
             "--repo-main-repository=/sdf/data/rubin/repo/main/butler.yaml",
+            "--google-int-repository=/opt/lsst/configs/gcp-repo-path/gcp-int-repo.yaml",
         ] {
             assert!(
                 args.contains(&expected.to_owned()),
                 "{expected} in {args:?}"
             );
         }
-        assert_eq!(t.ignored, ["PROMPTPUB_GOOGLE_INT_REPO_PATH"]);
     }
 
     #[test]
@@ -330,6 +308,5 @@ mod tests {
         assert_eq!(args(&t), ["pc", "--help"]);
         let t = run(&["pc", "serve", "--schema", "s"], &[]).expect("valid");
         assert_eq!(args(&t), ["pc", "serve", "--schema", "s"]);
-        assert!(t.ignored.is_empty());
     }
 }

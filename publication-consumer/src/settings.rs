@@ -66,6 +66,10 @@ pub struct Settings {
     /// `/repo/main`'s `butler.yaml` (or directory): where `prompt_prep`'s files are registered
     /// in place; needs `prompt_prep_repository`.
     pub repo_main_repository: Option<String>,
+    /// The Google `prompt` repository's `butler.yaml` (or directory): where the types published
+    /// to the public are registered in place, sharing `prompt_prep`'s files, and tagged; needs
+    /// `prompt_prep_repository`.
+    pub google_int_repository: Option<String>,
     /// How the transfer tasks run.
     pub tasks: crate::tasks::TaskSettings,
     /// Where application metrics events go (Sasquatch); `None`: off.
@@ -98,6 +102,7 @@ impl Settings {
             metrics: None,
             prompt_prep_repository: None,
             repo_main_repository: None,
+            google_int_repository: None,
             tasks: crate::tasks::TaskSettings::default(),
         }
     }
@@ -139,6 +144,16 @@ impl Settings {
         if self.repo_main_repository.is_some() && self.prompt_prep_repository.is_none() {
             return Err(ConfigError::new(
                 "PUBLICATION_REPO_MAIN_REPOSITORY needs PUBLICATION_PROMPT_PREP_REPOSITORY: /repo/main registers prompt_prep's files",
+            ));
+        }
+        if self.google_int_repository.is_some() && self.prompt_prep_repository.is_none() {
+            return Err(ConfigError::new(
+                "PUBLICATION_GOOGLE_INT_REPOSITORY needs PUBLICATION_PROMPT_PREP_REPOSITORY: the Google repository registers prompt_prep's files",
+            ));
+        }
+        if self.google_int_repository.is_some() && self.tasks.tagged_collection.trim().is_empty() {
+            return Err(ConfigError::new(
+                "PUBLICATION_GOOGLE_TAGGED_COLLECTION must name the Google repository's TAGGED collection",
             ));
         }
         if self.tasks.unembargo_chunk == 0 || self.tasks.repo_main_chunk == 0 {
@@ -186,6 +201,30 @@ pub fn is_identifier(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_later_repository_without_prompt_prep_is_refused() {
+        let mut settings = Settings::new(
+            "/repo/embargo",
+            KafkaSettings::plaintext("localhost:9092"),
+            "/batches/",
+        );
+        settings.google_int_repository = Some("/repo/google".into());
+        let error = settings.validate().expect_err("no prompt_prep").to_string();
+        assert!(
+            error.contains("PUBLICATION_GOOGLE_INT_REPOSITORY needs"),
+            "{error}"
+        );
+        settings.prompt_prep_repository = Some("/repo/prep".into());
+        settings.tasks.tagged_collection = " ".into();
+        let error = settings.validate().expect_err("no collection").to_string();
+        assert!(
+            error.contains("PUBLICATION_GOOGLE_TAGGED_COLLECTION"),
+            "{error}"
+        );
+        settings.tasks.tagged_collection = "Prompt/Available/Outputs".into();
+        settings.validate().expect("valid");
+    }
 
     #[test]
     fn schema_names_are_plain_identifiers() {

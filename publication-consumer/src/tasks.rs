@@ -9,10 +9,13 @@
 //! | `unembargo` | embargo → prompt_prep | released datasets, files copied | 100 | `prompt_prep_status` PRESENT, `unembargo_time`; missing: `embargo_status` MISSING |
 //! | `records_<element>_repo_main` | prompt_prep → /repo/main | the same records | 5,000 | `<element>.repo_main_status` INITIAL |
 //! | `repo_main` | prompt_prep → /repo/main | every dataset, by URI | 20,000 | `repo_main_status` PRESENT; missing: `prompt_prep_status` MISSING |
+//! | `records_<element>_google_int` | prompt_prep → Google | the same records | 5,000 | `<element>.google_int_status` INITIAL |
+//! | `publish_to_google` | prompt_prep → Google | publish-to-public types, in place, tagged | 10,000 | `google_int_status` PRESENT; missing: `prompt_prep_status` MISSING |
 //!
 //! A dataset is eligible when its source status is PRESENT, its target status NEVER_PRESENT, and
 //! its visit, exposure and group (those it has) are already in the target. Unembargo also needs
-//! the release time the policy gave it (`dataset_release.release_at`) to have passed.
+//! the release time the policy gave it (`dataset_release.release_at`) to have passed; the Google
+//! publication takes only the (origin, dataset type) pairs the policy publishes to the public.
 //! Tasks run one after another; a pass that finds nothing waits [`TaskSettings::idle`], and no
 //! task runs inside the quiet window.
 
@@ -31,6 +34,9 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::store::{Store, dataset_status, record_status};
 use crate::transfer::{self, Mode, Repository, TransferError};
+
+/// The TAGGED collection of the Google repository that PPS's set-up makes for what is available.
+pub const PUBLISHED_COLLECTION: &str = "Prompt/Available/Outputs";
 
 /// At most this many ids per lookup, as PPS.
 const LOOKUP_LIMIT: i64 = 1_000_000;
@@ -97,6 +103,13 @@ pub struct TaskSettings {
     pub repo_main_chunk: usize,
     /// Records per dimension-record chunk (PPS: 5,000).
     pub records_chunk: usize,
+    /// Datasets per Google publication chunk (PPS: 10,000).
+    pub publish_chunk: usize,
+    /// The TAGGED collection of the Google repository that published datasets are tagged into.
+    pub tagged_collection: String,
+    /// The (origin code, dataset type) pairs published to the public repository: the service
+    /// takes them from its policy when it starts the tasks.
+    pub published_types: Vec<(i16, String)>,
 }
 
 impl Default for TaskSettings {
@@ -107,6 +120,9 @@ impl Default for TaskSettings {
             unembargo_chunk: 100,
             repo_main_chunk: 20_000,
             records_chunk: 5_000,
+            publish_chunk: 10_000,
+            tagged_collection: PUBLISHED_COLLECTION.to_owned(),
+            published_types: Vec::new(),
         }
     }
 }
@@ -140,6 +156,30 @@ pub struct Repositories {
     pub prompt_prep: Option<Repository>,
     /// `/repo/main`, where `prompt_prep`'s files are registered in place.
     pub repo_main: Option<Repository>,
+    /// The Google `prompt` repository (`google_int`), whose datastore shares `prompt_prep`'s
+    /// root and names: the publish-to-public datasets are registered there in place and tagged.
+    pub google_int: Option<Repository>,
+}
+
+/// The dataset tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DatasetTask {
+    /// Released datasets copied out of embargo.
+    Unembargo,
+    /// Every dataset of prompt_prep registered in /repo/main by URI.
+    RepoMain,
+    /// The publish-to-public datasets registered in the Google repository in place and tagged.
+    Publish,
+}
+
+impl DatasetTask {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Unembargo => "unembargo",
+            Self::RepoMain => "repo_main",
+            Self::Publish => "publish_to_google",
+        }
+    }
 }
 
 /// A state table of dimension records, and its id's type.
@@ -261,28 +301,35 @@ impl Runner {
         let mut moved = self
             .route(
                 unembargo,
-                "unembargo",
-                Mode::Copy,
+                DatasetTask::Unembargo,
                 self.settings.unembargo_chunk,
                 shutdown,
             )
             .await;
-        if let Some(main) = &self.repositories.repo_main {
-            let repo_main = Route {
+        // The routes out of prompt_prep, each where its repository is configured.
+        let onward = [
+            (
+                &self.repositories.repo_main,
+                "repo_main_status",
+                DatasetTask::RepoMain,
+                self.settings.repo_main_chunk,
+            ),
+            (
+                &self.repositories.google_int,
+                "google_int_status",
+                DatasetTask::Publish,
+                self.settings.publish_chunk,
+            ),
+        ];
+        for (target, target_column, task, chunk) in onward {
+            let Some(target) = target else { continue };
+            let route = Route {
                 source: prompt_prep,
-                target: main,
+                target,
                 source_column: "prompt_prep_status",
-                target_column: "repo_main_status",
+                target_column,
             };
-            moved += self
-                .route(
-                    repo_main,
-                    "repo_main",
-                    Mode::Direct,
-                    self.settings.repo_main_chunk,
-                    shutdown,
-                )
-                .await;
+            moved += self.route(route, task, chunk, shutdown).await;
         }
         moved
     }
@@ -291,8 +338,7 @@ impl Runner {
     async fn route(
         &self,
         route: Route<'_>,
-        task: &str,
-        mode: Mode,
+        task: DatasetTask,
         chunk: usize,
         shutdown: &CancellationToken,
     ) -> u64 {
@@ -308,7 +354,7 @@ impl Runner {
         }
         moved
             + self
-                .task(task, self.datasets(route, mode, chunk, shutdown))
+                .task(task.name(), self.datasets(route, task, chunk, shutdown))
                 .await
     }
 
@@ -437,19 +483,22 @@ impl Runner {
     async fn datasets(
         &self,
         route: Route<'_>,
-        mode: Mode,
+        task: DatasetTask,
         chunk_size: usize,
         shutdown: &CancellationToken,
     ) -> Result<(u64, u64), TaskError> {
-        // Only unembargo waits for the policy's release time; the later routes take what
-        // prompt_prep has.
-        let (release_join, released) = if mode == Mode::Copy {
-            (
+        // Unembargo waits for the policy's release time; the Google publication takes the
+        // types published to the public; /repo/main takes what prompt_prep has.
+        let (release_join, filter) = match task {
+            DatasetTask::Unembargo => (
                 "JOIN dataset_release r ON r.id = d.id",
                 "AND r.release_at <= $3",
-            )
-        } else {
-            ("", "")
+            ),
+            DatasetTask::Publish => (
+                "",
+                "AND (d.origin, d.dataset_type) IN (SELECT * FROM unnest($3::smallint[], $4::varchar[]))",
+            ),
+            DatasetTask::RepoMain => ("", ""),
         };
         let in_target = |table: &str, column: &str| {
             format!(
@@ -461,7 +510,7 @@ impl Runner {
         };
         let sql = format!(
             "SELECT d.id FROM dataset d {release_join}
-             WHERE d.{s} = $1 AND d.{t} = $2 {released}
+             WHERE d.{s} = $1 AND d.{t} = $2 {filter}
                AND {visit} AND {exposure} AND {group}
              ORDER BY d.id LIMIT {LOOKUP_LIMIT}",
             s = route.source_column,
@@ -473,8 +522,18 @@ impl Runner {
         let mut query = sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(sql))
             .bind(dataset_status::PRESENT)
             .bind(dataset_status::NEVER_PRESENT);
-        if mode == Mode::Copy {
-            query = query.bind(self.clock.now());
+        match task {
+            DatasetTask::Unembargo => query = query.bind(self.clock.now()),
+            DatasetTask::Publish => {
+                let (origins, types): (Vec<i16>, Vec<&str>) = self
+                    .settings
+                    .published_types
+                    .iter()
+                    .map(|(origin, name)| (*origin, name.as_str()))
+                    .unzip();
+                query = query.bind(origins).bind(types);
+            }
+            DatasetTask::RepoMain => {}
         }
         let ids = query
             .fetch_all(self.store.pool())
@@ -485,10 +544,28 @@ impl Runner {
             if shutdown.is_cancelled() {
                 break;
             }
-            let outcome =
-                transfer::transfer_datasets(route.source, route.target, chunk, mode).await?;
-            let stamp = (mode == Mode::Copy).then(Utc::now);
-            let stamp_sql = if mode == Mode::Copy {
+            let outcome = match task {
+                DatasetTask::Unembargo => {
+                    transfer::transfer_datasets(route.source, route.target, chunk, Mode::Copy)
+                        .await?
+                }
+                DatasetTask::RepoMain => {
+                    transfer::transfer_datasets(route.source, route.target, chunk, Mode::Direct)
+                        .await?
+                }
+                DatasetTask::Publish => {
+                    transfer::publish_datasets(
+                        route.source,
+                        route.target,
+                        chunk,
+                        &self.settings.tagged_collection,
+                    )
+                    .await?
+                }
+            };
+            let unembargo = task == DatasetTask::Unembargo;
+            let stamp = unembargo.then(Utc::now);
+            let stamp_sql = if unembargo {
                 ", unembargo_time = $4"
             } else {
                 ""

@@ -10,6 +10,9 @@
 //! | [`Mode::Direct`] | `transfer_from(transfer="unsafe_direct")` | left in the source | absolute URIs |
 //! | [`Mode::InPlace`] | `transfer_datasets_in_place` | left in the source (same root) | relative |
 //!
+//! [`publish_datasets`] is the Google publication: an in-place transfer, then the datasets
+//! tagged into a TAGGED collection (`registry.associate`).
+//!
 //! Each is idempotent: datasets already in the target count as transferred and nothing is
 //! written twice; a file copy overwrites what an interrupted one left.
 
@@ -17,7 +20,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use butler_repository::{ButlerConfig, ErrorClass, PoolSettings, RepositoryError};
-use butler_writer::registry::{ExportError, Placement};
+use butler_writer::registry::{AssociateError, ExportError, Placement};
 use butler_writer::{Registry, Rejection, StartupError};
 use schema::{PromptProcessingOutputEvent, Record, RecordValue};
 use tokio::task::JoinSet;
@@ -148,6 +151,28 @@ pub enum TransferError {
         /// What was refused and why.
         rejections: Vec<Rejection>,
     },
+    /// An in-place transfer into a repository whose datastores do not include the source's:
+    /// the target's rows would name a datastore that does not hold the files.
+    #[error("the {to} repository's datastores ({}) do not include the {from} repository's ({}); an in-place transfer needs the same datastore names", .target_names.join(", "), .source_names.join(", "))]
+    Datastores {
+        /// The source.
+        from: &'static str,
+        /// The target.
+        to: &'static str,
+        /// The source's datastore names.
+        source_names: Vec<String>,
+        /// The target's datastore names.
+        target_names: Vec<String>,
+    },
+    /// Tagging the transferred datasets failed.
+    #[error("tagging datasets in the {label} repository")]
+    Tag {
+        /// The target.
+        label: &'static str,
+        /// Why.
+        #[source]
+        source: AssociateError,
+    },
     /// A file could not be copied.
     #[error("copying {from} to {to}")]
     Copy {
@@ -168,7 +193,8 @@ impl TransferError {
         match self {
             Self::Export { source, .. } => source.class(),
             Self::Ingest { source, .. } => source.class(),
-            Self::Refused { .. } => ErrorClass::Stop,
+            Self::Refused { .. } | Self::Datastores { .. } => ErrorClass::Stop,
+            Self::Tag { source, .. } => source.class(),
             Self::Copy { source, .. } => {
                 if source.is_not_found() {
                     ErrorClass::Stop
@@ -232,7 +258,10 @@ pub async fn transfer_datasets(
             Mode::Direct => Placement::Direct {
                 root: source.root.to_uri(),
             },
-            Mode::InPlace => Placement::InDatastore,
+            Mode::InPlace => {
+                check_same_datastores(source, target)?;
+                Placement::InDatastore
+            }
         };
     let outcome = write(target, &exported.events, &placement).await?;
     let landed: HashSet<Uuid> = outcome
@@ -244,6 +273,47 @@ pub async fn transfer_datasets(
     Ok(Transferred {
         transferred: exported.ids().filter(|id| landed.contains(id)).collect(),
         missing,
+    })
+}
+
+/// The Google publication of the datasets `ids`: an in-place transfer from `source` (the target's
+/// datastore shares the source's root and names), then each dataset found tagged into the TAGGED
+/// collection `tagged` of the target. As PPS counts it, every dataset found in the source is
+/// transferred, including those the target had already; a repeated publication changes nothing.
+pub async fn publish_datasets(
+    source: &Repository,
+    target: &Repository,
+    ids: &[Uuid],
+    tagged: &str,
+) -> Result<Transferred, TransferError> {
+    let outcome = transfer_datasets(source, target, ids, Mode::InPlace).await?;
+    target
+        .registry
+        .associate(tagged, &outcome.transferred)
+        .await
+        .map_err(|e| TransferError::Tag {
+            label: target.label,
+            source: e,
+        })?;
+    Ok(outcome)
+}
+
+/// An in-place transfer writes the target's rows for its own datastores: they must be the
+/// source's, as daf_butler's `transfer_datasets_in_place` requires.
+fn check_same_datastores(source: &Repository, target: &Repository) -> Result<(), TransferError> {
+    let source_names = source.registry.datastore_names();
+    let target_names = target.registry.datastore_names();
+    if target_names.is_superset(&source_names) {
+        return Ok(());
+    }
+    let owned = |names: std::collections::BTreeSet<&str>| {
+        names.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    Err(TransferError::Datastores {
+        from: source.label,
+        to: target.label,
+        source_names: owned(source_names),
+        target_names: owned(target_names),
     })
 }
 

@@ -40,6 +40,8 @@ const VARIABLES: &[&str] = &[
     "PUBLICATION_SHUTDOWN_GRACE_SECONDS",
     "PUBLICATION_PROMPT_PREP_REPOSITORY",
     "PUBLICATION_REPO_MAIN_REPOSITORY",
+    "PUBLICATION_GOOGLE_INT_REPOSITORY",
+    "PUBLICATION_GOOGLE_TAGGED_COLLECTION",
     "PUBLICATION_UNEMBARGO_CHUNK",
     "PUBLICATION_TRANSFER_IDLE_SECONDS",
     "PUBLICATION_QUIET_WINDOW",
@@ -189,17 +191,13 @@ async fn the_prompt_publication_services_variables_run_the_consumer() {
             "PROMPTPUB_STATE_DATABASE_URI",
             format!("postgresql+asyncpg://{scheme_less}"),
         ),
-        (
-            "PROMPTPUB_GOOGLE_INT_REPO_PATH",
-            "/opt/lsst/configs/gcp-repo-path/gcp-int-repo.yaml".to_owned(),
-        ),
     ];
     if let Some(password) = password {
         variables.push(("PROMPTPUB_STATE_DATABASE_PASSWORD", password));
     }
     let command = consumer_command(address, &variables);
     let stderr = record_then_sigterm(command, address, 6).await;
-    // The state went to PPS's database, and the unused transfer variable was named.
+    // The state went to PPS's database.
     let mut state = sqlx::PgConnection::connect(&state_db.url).await.unwrap();
     let datasets: i64 = sqlx::query_scalar("SELECT count(*) FROM publication_consumer.dataset")
         .fetch_one(&mut state)
@@ -207,7 +205,7 @@ async fn the_prompt_publication_services_variables_run_the_consumer() {
         .unwrap();
     assert_eq!(datasets, 6);
     assert!(
-        json_lines(&stderr).any(|l| l["variable"] == "PROMPTPUB_GOOGLE_INT_REPO_PATH"),
+        json_lines(&stderr).any(|l| l["message"] == "batch recorded"),
         "{stderr}"
     );
 }

@@ -19,7 +19,8 @@
 mod common;
 
 use common::daf_butler::{
-    assert_same_registries, copy_visits, datastore_paths, fill_embargo, open, transfer_both, twins,
+    assert_same_registries, copy_visits, datastore_paths, fill_embargo, google_twins, open,
+    publish_both, share_datastore, transfer_both, twins,
 };
 use publication_consumer::transfer::Mode;
 use sqlx::Connection;
@@ -91,4 +92,107 @@ async fn every_transfer_leaves_the_target_daf_butler_leaves() {
         .await
         .unwrap();
     assert!(uri.starts_with("file:///"), "{uri}");
+}
+
+/// The Google publication: the datasets registered in place in a repository whose datastore
+/// shares the source's root and name, then tagged into `Prompt/Available/Outputs`; daf_butler's
+/// `transfer_datasets_in_place` and `associate` into A, ours into B.
+#[tokio::test]
+async fn the_google_publication_leaves_the_target_daf_butler_leaves() {
+    let env = TestEnv::start().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let embargo = env.fresh_registry().await.unwrap();
+    let (mut ids, visits) = fill_embargo(&embargo, &[(2_026_050_100_300, 30)]).await;
+    let source = open("prompt_prep", &embargo).await;
+    let unknown = Uuid::from_u128(0x5eed);
+    ids.push(unknown);
+
+    let (a, b) = google_twins(&env, &embargo).await;
+    copy_visits(&embargo, &source, (&a, &b), &visits).await;
+    assert_same_registries(&a, &b, "the visit-record copy into Google").await;
+    // Chunks smaller than the datasets, so that the later ones find the RUN and summaries the
+    // first made.
+    let (published, python_s, ours_s) = publish_both(&embargo, &source, (&a, &b), &ids, 25).await;
+    eprintln!("publish: daf_butler {python_s:.3} s, ours {ours_s:.3} s");
+    assert_eq!(published.missing, [unknown]);
+    assert_eq!(published.transferred.len(), ids.len() - 1);
+    assert_same_registries(&a, &b, "the Google publication").await;
+    assert_eq!(
+        tagged_datasets(&b).await,
+        published.transferred.len(),
+        "every published dataset is tagged"
+    );
+    // In place: no file was written into either target's own directory.
+    for twin in [&a, &b] {
+        let files: Vec<_> = walk(&twin.repo)
+            .into_iter()
+            .filter(|p| p.extension().is_none_or(|e| e != "yaml"))
+            .collect();
+        assert!(
+            files.is_empty(),
+            "files in {}: {files:?}",
+            twin.repo.display()
+        );
+    }
+    // Again: already there and tagged, all reported transferred, nothing changes.
+    let (again, _, _) = publish_both(&embargo, &source, (&a, &b), &ids, 25).await;
+    assert_eq!(again.transferred.len(), ids.len() - 1);
+    assert_same_registries(&a, &b, "the Google publication, repeated").await;
+
+    // A target whose datastore is not the source's is refused before anything is written.
+    let (other, _) = twins(&env).await;
+    share_datastore(&other, &embargo, "FileDatastore@elsewhere");
+    let target = open("google_int", &other).await;
+    let error = publication_consumer::transfer::publish_datasets(
+        &source,
+        &target,
+        &ids,
+        publication_consumer::tasks::PUBLISHED_COLLECTION,
+    )
+    .await
+    .expect_err("another datastore");
+    let text = service_kit::chain(&error).to_string();
+    assert!(text.contains("FileDatastore@elsewhere"), "{text}");
+}
+
+/// How many datasets `Prompt/Available/Outputs` holds (its collection summary names their types,
+/// and each type's tags table its rows).
+async fn tagged_datasets(registry: &test_support::TestRegistry) -> usize {
+    let mut conn = sqlx::PgConnection::connect(&registry.database_url)
+        .await
+        .unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT t.tag_association_table FROM embargo.collection c
+         JOIN embargo.collection_summary_dataset_type s ON s.collection_id = c.collection_id
+         JOIN embargo.dataset_type t ON t.id = s.dataset_type_id
+         WHERE c.name = 'Prompt/Available/Outputs'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let mut count = 0;
+    for table in tables {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM embargo.{table} t JOIN embargo.collection c
+             ON c.collection_id = t.collection_id WHERE c.name = 'Prompt/Available/Outputs'"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        count += usize::try_from(n).unwrap();
+    }
+    count
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

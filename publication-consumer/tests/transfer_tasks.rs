@@ -1,6 +1,8 @@
 //! The transfer tasks in the running consumer: events recorded, then, once the policy releases
 //! them, the datasets copied to `prompt_prep` (with their visits' records and their files) and
-//! registered in `/repo/main` by URI, every step recorded in PPS's status columns; and a run
+//! registered in `/repo/main` by URI, the types published to the public registered in the Google
+//! repository in place (its datastore shares prompt_prep's) and tagged, every step recorded in
+//! PPS's status columns; and a run
 //! resumed from a state that lost its records of the transfers (as a kill between a chunk's
 //! registry commit and its state update leaves it) ends where the first run ended, the
 //! repositories unchanged.
@@ -47,25 +49,28 @@ async fn footprint(registry: &TestRegistry) -> Vec<(String, i64)> {
     out
 }
 
-/// Waits until the state says `released` datasets are in both prompt_prep and /repo/main.
-async fn wait_for_transfers(state: &sqlx::PgPool, schema: &str, released: i64) {
+/// Waits until the state says `released` datasets are in both prompt_prep and /repo/main, and
+/// `published` in the Google repository.
+async fn wait_for_transfers(state: &sqlx::PgPool, schema: &str, released: i64, published: i64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FILTER (WHERE prompt_prep_status = 1 AND unembargo_time IS NOT NULL) AS prep,
-                    count(*) FILTER (WHERE repo_main_status = 1) AS main
+                    count(*) FILTER (WHERE repo_main_status = 1) AS main,
+                    count(*) FILTER (WHERE google_int_status = 1) AS google
              FROM {schema}.dataset"
         )))
         .fetch_one(state)
         .await
         .unwrap();
-        let (prep, main): (i64, i64) = (row.get("prep"), row.get("main"));
-        if prep == released && main == released {
+        let (prep, main, google): (i64, i64, i64) =
+            (row.get("prep"), row.get("main"), row.get("google"));
+        if prep == released && main == released && google == published {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "after 120 s, {prep} datasets in prompt_prep and {main} in /repo/main of {released}"
+            "after 120 s, {prep} datasets in prompt_prep and {main} in /repo/main of {released}; {google} in Google of {published}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -89,13 +94,21 @@ async fn released_datasets_reach_prompt_prep_and_repo_main_and_a_lost_state_resu
         .fresh_registry_with(options.clone())
         .await
         .unwrap();
-    let main = fixture.env.fresh_registry_with(options).await.unwrap();
+    let main = fixture
+        .env
+        .fresh_registry_with(options.clone())
+        .await
+        .unwrap();
+    let google = fixture.env.fresh_registry_with(options).await.unwrap();
+    common::daf_butler::share_datastore(&google, &prompt_prep, "FileDatastore@<butlerRoot>");
+    common::daf_butler::register_tagged(&google).await;
 
     let mut settings = settings(&fixture);
     // Past the 80 h embargo of the generator's released type.
     settings.clock = Clock::manual(observation_end() + TimeDelta::hours(81));
     settings.prompt_prep_repository = Some(prompt_prep.butler_config.display().to_string());
     settings.repo_main_repository = Some(main.butler_config.display().to_string());
+    settings.google_int_repository = Some(google.butler_config.display().to_string());
     settings.tasks.idle = Duration::from_millis(200);
     settings.tasks.unembargo_chunk = 7;
     let schema = settings.schema.clone();
@@ -107,22 +120,26 @@ async fn released_datasets_reach_prompt_prep_and_repo_main_and_a_lost_state_resu
     // Wait for the events, then for the transfers of what the policy released.
     let deadline = Instant::now() + Duration::from_secs(60);
     let total: i64 = batches.iter().map(|b| b.datasets.len() as i64).sum();
-    let released = loop {
-        let (recorded, released): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*), count(*) FILTER (WHERE release_at <= $1) FROM {schema}.dataset_release"
-        )))
-        .bind(observation_end() + TimeDelta::hours(81))
-        .fetch_one(&state)
-        .await
-        .unwrap();
+    let (released, published) = loop {
+        let (recorded, released, published): (i64, i64, i64) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*), count(*) FILTER (WHERE release_at <= $1),
+                        count(*) FILTER (WHERE release_at <= $1 AND publish_to_public)
+                 FROM {schema}.dataset_release"
+            )))
+            .bind(observation_end() + TimeDelta::hours(81))
+            .fetch_one(&state)
+            .await
+            .unwrap();
         if recorded == total {
-            break released;
+            break (released, published);
         }
         assert!(Instant::now() < deadline, "{recorded} of {total} recorded");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(released > 0 && released < total, "{released} of {total}");
-    wait_for_transfers(&state, &schema, released).await;
+    assert!(published > 0, "the released types include published ones");
+    wait_for_transfers(&state, &schema, released, published).await;
 
     // The visits are recorded in both targets; files copied to prompt_prep; /repo/main points
     // at prompt_prep's copies.
@@ -165,16 +182,44 @@ async fn released_datasets_reach_prompt_prep_and_repo_main_and_a_lost_state_resu
         .cloned()
         .unwrap();
     assert_eq!(unembargo["transferred"], released, "{progress}");
+    // The Google repository: prompt_prep's files by the same relative paths, all tagged.
+    let mut google_conn = PgConnection::connect(&google.database_url).await.unwrap();
+    let google_paths: Vec<String> =
+        sqlx::query_scalar("SELECT path FROM embargo.file_datastore_records")
+            .fetch_all(&mut google_conn)
+            .await
+            .unwrap();
+    assert_eq!(i64::try_from(google_paths.len()).unwrap(), published);
+    assert!(
+        google_paths.iter().all(|p| copied.contains(p)),
+        "{google_paths:?}"
+    );
+    let tagged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM embargo.collection_summary_dataset_type s
+         JOIN embargo.collection c ON c.collection_id = s.collection_id
+         WHERE c.name = 'Prompt/Available/Outputs'",
+    )
+    .fetch_one(&mut google_conn)
+    .await
+    .unwrap();
+    assert!(
+        tagged > 0,
+        "the TAGGED collection's summary names the published types"
+    );
     stop(service).await;
 
     // A state that lost its records of the transfers (the registries kept theirs): the next
     // run finds everything already there, records it, and writes nothing twice.
-    let before = (footprint(&prompt_prep).await, footprint(&main).await);
+    let before = (
+        footprint(&prompt_prep).await,
+        footprint(&main).await,
+        footprint(&google).await,
+    );
     for statement in [
-        "UPDATE dataset SET prompt_prep_status = 0, repo_main_status = 0, unembargo_time = NULL",
-        "UPDATE visit SET prompt_prep_status = 0, repo_main_status = 0",
-        "UPDATE exposure SET prompt_prep_status = 0, repo_main_status = 0",
-        "UPDATE \"group\" SET prompt_prep_status = 0, repo_main_status = 0",
+        "UPDATE dataset SET prompt_prep_status = 0, repo_main_status = 0, google_int_status = 0, unembargo_time = NULL",
+        "UPDATE visit SET prompt_prep_status = 0, repo_main_status = 0, google_int_status = 0",
+        "UPDATE exposure SET prompt_prep_status = 0, repo_main_status = 0, google_int_status = 0",
+        "UPDATE \"group\" SET prompt_prep_status = 0, repo_main_status = 0, google_int_status = 0",
     ] {
         sqlx::query(sqlx::AssertSqlSafe(
             statement.replace("UPDATE ", &format!("UPDATE {schema}.")),
@@ -184,8 +229,12 @@ async fn released_datasets_reach_prompt_prep_and_repo_main_and_a_lost_state_resu
         .unwrap();
     }
     let service = start(settings).await;
-    wait_for_transfers(&state, &schema, released).await;
+    wait_for_transfers(&state, &schema, released, published).await;
     stop(service).await;
-    let after = (footprint(&prompt_prep).await, footprint(&main).await);
+    let after = (
+        footprint(&prompt_prep).await,
+        footprint(&main).await,
+        footprint(&google).await,
+    );
     assert_eq!(before, after);
 }

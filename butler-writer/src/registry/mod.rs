@@ -20,7 +20,12 @@
 //! Dimension records of a message whose datasets conflict stay committed, as in daf_butler, where
 //! they are committed before `ingest` runs. [`open`] connects and checks the registry is one the
 //! engine reproduces; [`model`] is the layout as the database describes it.
+//!
+//! The publication consumer's transfers use the same engine: [`export`] reads datasets and
+//! dimension records back out of one registry for [`Registry::ingest_placed`] into another, and
+//! [`associate`] tags datasets into a TAGGED collection.
 
+mod associate;
 mod catalog;
 mod dataset_checks;
 mod dataset_writes;
@@ -45,6 +50,7 @@ use sqlx::{Connection, PgConnection};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+pub use self::associate::AssociateError;
 pub use self::export::{ExportError, ExportedDatasets, Placement};
 pub use self::open::{APPLICATION_NAME, StartupError, UnsupportedRegistry};
 pub use self::records::MAX_REGION_VERTICES;
@@ -89,6 +95,11 @@ impl Registry {
     /// The Postgres schema of the registry.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// The names of the repository's datastores, as `dataset_location` records them.
+    pub fn datastore_names(&self) -> std::collections::BTreeSet<&str> {
+        self.datastores.iter().map(|d| d.name.as_str()).collect()
     }
 
     /// The connection pool (for health checks).

@@ -209,9 +209,7 @@ pub async fn transfer_both(
     mode: Mode,
     chunk: usize,
 ) -> (Transferred, f64, f64) {
-    let list = tempfile::NamedTempFile::new().unwrap();
-    let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
-    std::fs::write(list.path(), text).unwrap();
+    let list = id_file(ids);
     let chunk_text = chunk.to_string();
     let python = daf_butler(&[
         "datasets",
@@ -242,15 +240,109 @@ pub async fn transfer_both(
         ours.missing.extend(done.missing);
     }
     let seconds = started.elapsed().as_secs_f64();
+    assert_same_outcome(&ours, &python, &format!("{mode:?}"));
+    (ours, python.seconds, seconds)
+}
+
+/// Twin Google targets for `source`: fresh, without the output RUN, their datastore sharing the
+/// source's root and name (as the Google repository shares prompt_prep's), and the TAGGED
+/// collection registered by daf_butler in both, as PPS's set-up makes it.
+pub async fn google_twins(env: &TestEnv, source: &TestRegistry) -> (TestRegistry, TestRegistry) {
+    let (a, b) = twins(env).await;
+    for twin in [&a, &b] {
+        share_datastore(twin, source, "FileDatastore@<butlerRoot>");
+        register_tagged(twin).await;
+    }
+    (a, b)
+}
+
+/// Registers `Prompt/Available/Outputs` (TAGGED) in `target` with daf_butler.
+pub async fn register_tagged(target: &TestRegistry) {
+    daf_butler_status(&[
+        "register-tagged",
+        "--target",
+        target.butler_config.to_str().unwrap(),
+    ])
+    .await;
+}
+
+/// Points `target`'s datastore at `source`'s root, under the datastore name `name`.
+pub fn share_datastore(target: &TestRegistry, source: &TestRegistry, name: &str) {
+    let text = std::fs::read_to_string(&target.butler_config).unwrap();
+    let root = format!("  root: {}/", source.repo.display());
+    let shared = text.replace("  root: <butlerRoot>", &format!("  name: {name}\n{root}"));
+    assert_ne!(shared, text, "a datastore root to replace in {text}");
+    std::fs::write(&target.butler_config, shared).unwrap();
+}
+
+/// Runs a `daf_butler_transfer.py` command that prints nothing.
+async fn daf_butler_status(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/daf_butler_transfer.py");
+    run_python(&script, args).await;
+}
+
+/// The Google publication into A with daf_butler (in-place transfer, then `associate`) and into
+/// B with ours, in chunks of `chunk`; both must report the same transferred and missing ids.
+/// Returns ours and each side's seconds.
+pub async fn publish_both(
+    source_registry: &TestRegistry,
+    source: &Repository,
+    (a, b): (&TestRegistry, &TestRegistry),
+    ids: &[Uuid],
+    chunk: usize,
+) -> (Transferred, f64, f64) {
+    let list = id_file(ids);
+    let chunk_text = chunk.to_string();
+    let python = daf_butler(&[
+        "publish",
+        "--source",
+        source_registry.butler_config.to_str().unwrap(),
+        "--target",
+        a.butler_config.to_str().unwrap(),
+        "--ids-file",
+        list.path().to_str().unwrap(),
+        "--chunk",
+        &chunk_text,
+    ])
+    .await;
+    let target = open("google_int", b).await;
+    let started = std::time::Instant::now();
+    let mut ours = Transferred::default();
+    for part in ids.chunks(chunk) {
+        let done = transfer::publish_datasets(
+            source,
+            &target,
+            part,
+            publication_consumer::tasks::PUBLISHED_COLLECTION,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", service_kit::chain(&e)));
+        ours.transferred.extend(done.transferred);
+        ours.missing.extend(done.missing);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    assert_same_outcome(&ours, &python, "publish");
+    (ours, python.seconds, seconds)
+}
+
+/// The dataset ids, one a line, in a temporary file for `daf_butler_transfer.py --ids-file`.
+fn id_file(ids: &[Uuid]) -> tempfile::NamedTempFile {
+    let list = tempfile::NamedTempFile::new().unwrap();
+    let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    std::fs::write(list.path(), text).unwrap();
+    list
+}
+
+/// Both sides reported the same datasets transferred and the same missing.
+fn assert_same_outcome(ours: &Transferred, python: &PythonOutcome, what: &str) {
     assert_eq!(
         ours.transferred.iter().copied().collect::<BTreeSet<_>>(),
         uuids(&python.transferred),
-        "{mode:?}: transferred"
+        "{what}: transferred"
     );
     assert_eq!(
         ours.missing.iter().copied().collect::<BTreeSet<_>>(),
         uuids(&python.missing),
-        "{mode:?}: missing"
+        "{what}: missing"
     );
-    (ours, python.seconds, seconds)
 }

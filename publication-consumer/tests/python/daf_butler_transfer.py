@@ -10,6 +10,7 @@ what was missing, so that the Rust consumer's result can be compared table by ta
         --mode copy|unsafe_direct --ids-file IDS [--chunk 100]
     python daf_butler_transfer.py publish --source S.yaml --target T.yaml \\
         --ids-file IDS [--tagged Prompt/Available/Outputs] [--register-tagged] [--chunk 10000]
+    python daf_butler_transfer.py register-tagged --target T.yaml [--tagged Prompt/Available/Outputs]
 
 What each sub-command does (written from PPS's documented behaviour and from observing
 daf_butler, not copied from PPS):
@@ -40,6 +41,8 @@ daf_butler, not copied from PPS):
   ``name: FileDatastore@<butlerRoot>`` next to ``root: <source root>`` in its butler.yaml). PPS
   expects the TAGGED collection to exist (its ``initialize_google_repo`` script makes it);
   ``--register-tagged`` registers it first, outside the timed part.
+* ``register-tagged``: only that registration, ``registry.registerCollection(NAME, TAGGED)``, so
+  that a target written by the Rust side gets its TAGGED collection exactly as daf_butler makes it.
 
 PPS runs the chunks of a dataset task concurrently, each with Butlers of its own; here they run one
 after the other on one pair of Butlers. The rows written are the same.
@@ -218,6 +221,11 @@ def publish(args: argparse.Namespace, outcome: Outcome) -> None:
         _LOG.info("chunk of %d: %d found, %d new in the target", len(chunk), len(refs), len(added))
 
 
+def register_tagged(args: argparse.Namespace, outcome: Outcome) -> None:
+    target = Butler.from_config(str(args.target), writeable=True)
+    target.registry.registerCollection(args.tagged, CollectionType.TAGGED)
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -258,6 +266,11 @@ def main() -> int:
     )
     pub.add_argument("--chunk", type=positive, default=PUBLISH_CHUNK, help="datasets per call")
     pub.set_defaults(run=publish)
+
+    tag = commands.add_parser("register-tagged", help="register the TAGGED collection, as PPS's set-up")
+    tag.add_argument("--target", required=True, type=Path, help="the target repository's butler.yaml")
+    tag.add_argument("--tagged", default=TAGGED_OUTPUTS, help="TAGGED collection to register")
+    tag.set_defaults(run=register_tagged)
 
     args = parser.parse_args()
     logging.basicConfig(
