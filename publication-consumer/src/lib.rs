@@ -187,17 +187,18 @@ impl Service {
             events: Arc::clone(&events),
         };
         if let Some(repositories) = transfers {
-            let (store, mut task_settings, clock, stop) = (
+            let (store, task_settings, policy, clock, stop) = (
                 store.clone(),
                 settings.tasks.clone(),
+                settings.policy.clone(),
                 settings.clock.clone(),
                 shutdown.clone(),
             );
-            task_settings.published_types = settings.policy.published_types();
             tokio::spawn(tasks::run(
                 repositories,
                 store,
                 task_settings,
+                policy,
                 clock,
                 progress,
                 stop,

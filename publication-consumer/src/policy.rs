@@ -286,14 +286,6 @@ impl Policy {
         self.rules.iter().map(|((o, t), r)| (*o, t.as_str(), *r))
     }
 
-    /// The (origin code, dataset type) pairs published to the public repository.
-    pub fn published_types(&self) -> Vec<(i16, String)> {
-        self.entries()
-            .filter(|(_, _, rule)| rule.publish_to_public)
-            .map(|(origin, name, _)| (origin.code(), name.to_owned()))
-            .collect()
-    }
-
     /// When a dataset of `(origin, dataset_type)` with these clocks is released.
     pub fn release(&self, origin: Origin, dataset_type: &str, clocks: ReleaseClocks) -> Release {
         let Some(rule) = self.rule(origin, dataset_type) else {

@@ -14,8 +14,10 @@
 //!
 //! A dataset is eligible when its source status is PRESENT, its target status NEVER_PRESENT, and
 //! its visit, exposure and group (those it has) are already in the target. Unembargo also needs
-//! the release time the policy gave it (`dataset_release.release_at`) to have passed; the Google
-//! publication takes only the (origin, dataset type) pairs the policy publishes to the public.
+//! the release time the policy gave it (`dataset_release.release_at`) to have passed; a dataset
+//! PPS recorded (no release of ours) is released by PPS's rule instead: its (origin, type) in the
+//! policy, and an embargo of 0 h or its visit's end (`visit.time`) that many hours ago. The
+//! Google publication takes only the (origin, type) pairs the policy publishes to the public.
 //! Tasks run one after another; a pass that finds nothing waits [`TaskSettings::idle`], and no
 //! task runs inside the quiet window.
 
@@ -32,6 +34,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::policy::Policy;
 use crate::store::{Store, dataset_status, record_status};
 use crate::transfer::{self, Mode, Repository, TransferError};
 
@@ -107,9 +110,6 @@ pub struct TaskSettings {
     pub publish_chunk: usize,
     /// The TAGGED collection of the Google repository that published datasets are tagged into.
     pub tagged_collection: String,
-    /// The (origin code, dataset type) pairs published to the public repository: the service
-    /// takes them from its policy when it starts the tasks.
-    pub published_types: Vec<(i16, String)>,
 }
 
 impl Default for TaskSettings {
@@ -122,7 +122,6 @@ impl Default for TaskSettings {
             records_chunk: 5_000,
             publish_chunk: 10_000,
             tagged_collection: PUBLISHED_COLLECTION.to_owned(),
-            published_types: Vec::new(),
         }
     }
 }
@@ -234,6 +233,7 @@ pub async fn run(
     repositories: Repositories,
     store: Store,
     settings: TaskSettings,
+    policy: Policy,
     clock: Clock,
     progress: Progress,
     shutdown: CancellationToken,
@@ -242,6 +242,7 @@ pub async fn run(
         repositories,
         store,
         settings,
+        policy,
         clock,
         progress,
     };
@@ -282,6 +283,9 @@ struct Runner {
     repositories: Repositories,
     store: Store,
     settings: TaskSettings,
+    /// The release policy: PPS's unembargo rule for datasets without a release of ours, and
+    /// the types published to the public.
+    policy: Policy,
     clock: Clock,
     progress: Progress,
 }
@@ -487,12 +491,20 @@ impl Runner {
         chunk_size: usize,
         shutdown: &CancellationToken,
     ) -> Result<(u64, u64), TaskError> {
-        // Unembargo waits for the policy's release time; the Google publication takes the
-        // types published to the public; /repo/main takes what prompt_prep has.
+        // Unembargo waits for the release time the policy gave the dataset when it was
+        // recorded, or (recorded by PPS, no release of ours) for PPS's rule: its (origin, type)
+        // listed ($4-$6: the policy), and an embargo of 0 h or its visit ended that long ago.
+        // The Google publication takes the types published to the public; /repo/main takes
+        // what prompt_prep has.
         let (release_join, filter) = match task {
             DatasetTask::Unembargo => (
-                "JOIN dataset_release r ON r.id = d.id",
-                "AND r.release_at <= $3",
+                "LEFT JOIN dataset_release r ON r.id = d.id
+                 LEFT JOIN visit v ON v.id = d.visit AND v.instrument = d.instrument
+                 LEFT JOIN unnest($4::smallint[], $5::varchar[], $6::int4[]) AS p (origin, dataset_type, hours)
+                   ON p.origin = d.origin AND p.dataset_type = d.dataset_type",
+                "AND (r.release_at <= $3
+                      OR (r.id IS NULL AND p.hours IS NOT NULL
+                          AND (p.hours = 0 OR v.time <= $3 - make_interval(hours => p.hours))))",
             ),
             DatasetTask::Publish => (
                 "",
@@ -522,17 +534,27 @@ impl Runner {
         let mut query = sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(sql))
             .bind(dataset_status::PRESENT)
             .bind(dataset_status::NEVER_PRESENT);
+        let rules = self
+            .policy
+            .entries()
+            .filter(|(_, _, rule)| task == DatasetTask::Unembargo || rule.publish_to_public);
+        let mut origins: Vec<i16> = Vec::new();
+        let mut types: Vec<&str> = Vec::new();
+        let mut hours: Vec<i32> = Vec::new();
+        for (origin, name, rule) in rules {
+            origins.push(origin.code());
+            types.push(name);
+            hours.push(i32::try_from(rule.embargo_hours).unwrap_or(i32::MAX));
+        }
         match task {
-            DatasetTask::Unembargo => query = query.bind(self.clock.now()),
-            DatasetTask::Publish => {
-                let (origins, types): (Vec<i16>, Vec<&str>) = self
-                    .settings
-                    .published_types
-                    .iter()
-                    .map(|(origin, name)| (*origin, name.as_str()))
-                    .unzip();
-                query = query.bind(origins).bind(types);
+            DatasetTask::Unembargo => {
+                query = query
+                    .bind(self.clock.now())
+                    .bind(origins)
+                    .bind(types)
+                    .bind(hours);
             }
+            DatasetTask::Publish => query = query.bind(origins).bind(types),
             DatasetTask::RepoMain => {}
         }
         let ids = query

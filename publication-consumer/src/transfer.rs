@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use butler_repository::{ButlerConfig, ErrorClass, PoolSettings, RepositoryError};
-use butler_writer::registry::{AssociateError, ExportError, Placement};
+use butler_writer::registry::{AssociateError, ExportError, Placement, RegisterTypeError};
 use butler_writer::{Registry, Rejection, StartupError};
 use schema::{PromptProcessingOutputEvent, Record, RecordValue};
 use tokio::task::JoinSet;
@@ -164,6 +164,15 @@ pub enum TransferError {
         /// The target's datastore names.
         target_names: Vec<String>,
     },
+    /// A dataset type the target lacks could not be registered there.
+    #[error("registering dataset types in the {label} repository")]
+    RegisterTypes {
+        /// The target.
+        label: &'static str,
+        /// Why.
+        #[source]
+        source: RegisterTypeError,
+    },
     /// Tagging the transferred datasets failed.
     #[error("tagging datasets in the {label} repository")]
     Tag {
@@ -195,6 +204,7 @@ impl TransferError {
             Self::Ingest { source, .. } => source.class(),
             Self::Refused { .. } | Self::Datastores { .. } => ErrorClass::Stop,
             Self::Tag { source, .. } => source.class(),
+            Self::RegisterTypes { source, .. } => source.class(),
             Self::Copy { source, .. } => {
                 if source.is_not_found() {
                     ErrorClass::Stop
@@ -207,8 +217,9 @@ impl TransferError {
 }
 
 /// Transfers the datasets `ids` from `source` to `target`: their registry rows (RUNs, datasets,
-/// tags, summaries, datastore records) and, in [`Mode::Copy`], their files. The target must hold
-/// the dimension records they need ([`copy_dimension_records`]) and their dataset types.
+/// tags, summaries, datastore records) and, in [`Mode::Copy`], their files; dataset types the
+/// target lacks are registered first. The target must hold the dimension records they need
+/// ([`copy_dimension_records`]).
 pub async fn transfer_datasets(
     source: &Repository,
     target: &Repository,
@@ -240,6 +251,7 @@ pub async fn transfer_datasets(
             missing,
         });
     }
+    register_dataset_types(source, target, &exported.events).await?;
     let placement =
         match mode {
             Mode::Copy => {
@@ -274,6 +286,46 @@ pub async fn transfer_datasets(
         transferred: exported.ids().filter(|id| landed.contains(id)).collect(),
         missing,
     })
+}
+
+/// Registers in `target` the dataset types of `events` it does not have, defined as in `source`
+/// (daf_butler's `register_dataset_types=True`); a type both have must be defined the same way.
+async fn register_dataset_types(
+    source: &Repository,
+    target: &Repository,
+    events: &[PromptProcessingOutputEvent],
+) -> Result<(), TransferError> {
+    let mut names: Vec<&str> = Vec::new();
+    for (_, dataset, _) in events.iter().flat_map(|e| e.dataset_refs()) {
+        let name = dataset.dataset_type_name.as_str();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let definitions = source
+        .registry
+        .dataset_type_definitions(&names)
+        .await
+        .map_err(|e| TransferError::Export {
+            label: source.label,
+            source: e.into(),
+        })?;
+    let registered = target
+        .registry
+        .register_dataset_types(&definitions)
+        .await
+        .map_err(|e| TransferError::RegisterTypes {
+            label: target.label,
+            source: e,
+        })?;
+    if !registered.is_empty() {
+        tracing::info!(
+            target = target.label,
+            ?registered,
+            "dataset types registered"
+        );
+    }
+    Ok(())
 }
 
 /// The Google publication of the datasets `ids`: an in-place transfer from `source` (the target's

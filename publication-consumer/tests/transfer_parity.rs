@@ -11,7 +11,8 @@
 //! The embargo registry holds the reference messages (`batch_a`, `batch_c`) and generated
 //! visits (the message factory), written by the writer's engine, each file with its own content.
 //! The targets are made without the output RUN, as a repository that has never received
-//! Prompt Processing's outputs, so the transfers create it.
+//! Prompt Processing's outputs, so the transfers create it; the unembargo twins also lack one
+//! dataset type, which both sides register (`register_dataset_types=True`).
 
 // Test code: a failed expectation is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -19,8 +20,8 @@
 mod common;
 
 use common::daf_butler::{
-    assert_same_registries, copy_visits, datastore_paths, fill_embargo, google_twins, open,
-    publish_both, share_datastore, transfer_both, twins,
+    assert_same_registries, copy_visits, datastore_paths, fill_embargo, forget_dataset_type,
+    google_twins, open, publish_both, share_datastore, transfer_both, twins,
 };
 use publication_consumer::transfer::Mode;
 use sqlx::Connection;
@@ -45,12 +46,22 @@ async fn every_transfer_leaves_the_target_daf_butler_leaves() {
     let (a, b) = twins(&env).await;
     copy_visits(&embargo, &source, (&a, &b), &visits).await;
     assert_same_registries(&a, &b, "the visit-record copy").await;
+    for twin in [&a, &b] {
+        forget_dataset_type(twin, "single_visit_star_unstandardized", false).await;
+    }
     let (copied, python_s, ours_s) =
         transfer_both(&embargo, &source, (&a, &b), &ids, Mode::Copy, 100).await;
     eprintln!("unembargo: daf_butler {python_s:.3} s, ours {ours_s:.3} s");
     assert_eq!(copied.missing, [unknown]);
     assert_eq!(copied.transferred.len(), ids.len() - 1);
     assert_same_registries(&a, &b, "the unembargo copy").await;
+    let registered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM embargo.dataset_type WHERE name = 'single_visit_star_unstandardized'",
+    )
+    .fetch_one(&mut sqlx::PgConnection::connect(&b.database_url).await.unwrap())
+    .await
+    .unwrap();
+    assert_eq!(registered, 1, "the missing dataset type is registered");
     let paths = datastore_paths(&embargo).await;
     for path in &paths {
         let original = std::fs::read(embargo.repo.join(path)).unwrap();
@@ -92,6 +103,31 @@ async fn every_transfer_leaves_the_target_daf_butler_leaves() {
         .await
         .unwrap();
     assert!(uri.starts_with("file:///"), "{uri}");
+
+    // A type whose dimensions the target has never seen needs a tags table, which daf_butler
+    // creates and this service does not: the chunk is refused, naming the type, before
+    // anything of it is written.
+    let (lacking, _) = twins(&env).await;
+    forget_dataset_type(&lacking, "isr_statistics", true).await;
+    let target = open("prompt_prep", &lacking).await;
+    let error =
+        publication_consumer::transfer::transfer_datasets(&source, &target, &ids, Mode::Direct)
+            .await
+            .expect_err("a type of unknown dimensions");
+    let text = service_kit::chain(&error).to_string();
+    assert!(
+        text.contains("isr_statistics") && text.contains("butler register-dataset-type"),
+        "{text}"
+    );
+    let datasets: i64 = sqlx::query_scalar("SELECT count(*) FROM embargo.dataset")
+        .fetch_one(
+            &mut sqlx::PgConnection::connect(&lacking.database_url)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(datasets, 0);
 }
 
 /// The Google publication: the datasets registered in place in a repository whose datastore

@@ -4,8 +4,8 @@
 //! repository in place (its datastore shares prompt_prep's) and tagged, every step recorded in
 //! PPS's status columns; and a run
 //! resumed from a state that lost its records of the transfers (as a kill between a chunk's
-//! registry commit and its state update leaves it) ends where the first run ended, the
-//! repositories unchanged.
+//! registry commit and its state update leaves it) and its releases (as a state PPS wrote) ends
+//! where the first run ended, the repositories unchanged.
 
 // Test code: a failed expectation is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -208,8 +208,9 @@ async fn released_datasets_reach_prompt_prep_and_repo_main_and_a_lost_state_resu
     );
     stop(service).await;
 
-    // A state that lost its records of the transfers (the registries kept theirs): the next
-    // run finds everything already there, records it, and writes nothing twice.
+    // A state that lost its records of the transfers (the registries kept theirs) and its
+    // releases: the next run releases the same datasets by PPS's rule, finds them already
+    // there, records them, and writes nothing twice.
     let before = (
         footprint(&prompt_prep).await,
         footprint(&main).await,
@@ -220,9 +221,14 @@ async fn released_datasets_reach_prompt_prep_and_repo_main_and_a_lost_state_resu
         "UPDATE visit SET prompt_prep_status = 0, repo_main_status = 0, google_int_status = 0",
         "UPDATE exposure SET prompt_prep_status = 0, repo_main_status = 0, google_int_status = 0",
         "UPDATE \"group\" SET prompt_prep_status = 0, repo_main_status = 0, google_int_status = 0",
+        // Nor any release of ours, as a state PPS wrote: PPS's rule (the policy's embargo
+        // counted from visit.time) must release the same datasets.
+        "DELETE FROM dataset_release",
     ] {
         sqlx::query(sqlx::AssertSqlSafe(
-            statement.replace("UPDATE ", &format!("UPDATE {schema}.")),
+            statement
+                .replace("UPDATE ", &format!("UPDATE {schema}."))
+                .replace("DELETE FROM ", &format!("DELETE FROM {schema}.")),
         ))
         .execute(&state)
         .await

@@ -22,8 +22,9 @@
 //! engine reproduces; [`model`] is the layout as the database describes it.
 //!
 //! The publication consumer's transfers use the same engine: [`export`] reads datasets and
-//! dimension records back out of one registry for [`Registry::ingest_placed`] into another, and
-//! [`associate`] tags datasets into a TAGGED collection.
+//! dimension records back out of one registry for [`Registry::ingest_placed`] into another,
+//! [`register_types`] registers the dataset types the target lacks, and [`associate`] tags
+//! datasets into a TAGGED collection.
 
 mod associate;
 mod catalog;
@@ -37,6 +38,7 @@ mod open;
 pub mod order;
 mod prepare;
 mod records;
+mod register_types;
 mod rejections;
 mod statistics;
 
@@ -54,6 +56,7 @@ pub use self::associate::AssociateError;
 pub use self::export::{ExportError, ExportedDatasets, Placement};
 pub use self::open::{APPLICATION_NAME, StartupError, UnsupportedRegistry};
 pub use self::records::MAX_REGION_VERTICES;
+pub use self::register_types::{DatasetTypeDefinition, RegisterTypeError};
 
 use self::catalog::Catalog;
 use self::order::{BatchOrder, Unordered};

@@ -346,3 +346,30 @@ fn assert_same_outcome(ours: &Transferred, python: &PythonOutcome, what: &str) {
         "{what}: missing"
     );
 }
+
+/// Removes the dataset type `name` from a registry that has no dataset of it, as a repository
+/// that never registered it; with `group`, its dimension group's definition too (a repository
+/// that has never seen those dimensions).
+pub async fn forget_dataset_type(registry: &TestRegistry, name: &str, group: bool) {
+    let mut conn = sqlx::PgConnection::connect(&registry.database_url)
+        .await
+        .unwrap();
+    let key: i64 =
+        sqlx::query_scalar("SELECT dimensions_key FROM embargo.dataset_type WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    sqlx::query("DELETE FROM embargo.dataset_type WHERE name = $1")
+        .bind(name)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    if group {
+        sqlx::query("DELETE FROM embargo.dimension_graph_definition WHERE dimension_graph_id = $1")
+            .bind(key)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
