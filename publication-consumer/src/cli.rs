@@ -90,6 +90,11 @@ pub enum Command {
     /// Mark one failed event resolved without recording anything, an operator's explicit
     /// decision to leave it (to record its batch instead, use `register-batch`).
     ResolveFailed(Box<ResolveFailedArgs>),
+    /// Run the transfer tasks pass after pass until one moves nothing, then exit (the Prompt
+    /// Publication Service's `run_tasks`): after observing, or after a backfill, without the
+    /// service. The quiet window does not apply. Prints a line per task; exit status 1 when a
+    /// task's last pass failed (its work stays eligible).
+    RunTasks(Box<RunTasksArgs>),
 }
 
 /// Arguments of `publication-consumer failed-events`.
@@ -290,6 +295,65 @@ PROMPTPUB_MAIN_REPO_PATH and PROMPTPUB_GOOGLE_INT_REPO_PATH for PUBLICATION_PROM
 PUBLICATION_REPO_MAIN_REPOSITORY and PUBLICATION_GOOGLE_INT_REPOSITORY; one of them and ours set to \
 different values is an error.";
 
+/// The transfer tasks' repositories and chunks, which `serve` and `run-tasks` share.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// `prompt_prep`'s repository (`butler.yaml` or its directory): where released datasets
+    /// are copied, with their visits' records. The transfer tasks run only when it is set.
+    #[arg(long, env = "PUBLICATION_PROMPT_PREP_REPOSITORY")]
+    pub prompt_prep_repository: Option<String>,
+
+    /// `/repo/main`'s repository: where `prompt_prep`'s files are registered in place, by URI.
+    /// Needs `--prompt-prep-repository`.
+    #[arg(long, env = "PUBLICATION_REPO_MAIN_REPOSITORY")]
+    pub repo_main_repository: Option<String>,
+
+    /// The Google `prompt` repository (`butler.yaml` or its directory), whose datastore shares
+    /// `prompt_prep`'s root and datastore names: the types the policy publishes to the public
+    /// are registered there in place and tagged into `--google-tagged-collection`. Needs
+    /// `--prompt-prep-repository`.
+    #[arg(long, env = "PUBLICATION_GOOGLE_INT_REPOSITORY")]
+    pub google_int_repository: Option<String>,
+
+    /// The Google repository's TAGGED collection that published datasets are tagged into; it
+    /// must exist (PPS's `initialize_google_repo` makes it).
+    #[arg(
+        long,
+        env = "PUBLICATION_GOOGLE_TAGGED_COLLECTION",
+        default_value = crate::tasks::PUBLISHED_COLLECTION
+    )]
+    pub google_tagged_collection: String,
+
+    /// Datasets per unembargo chunk: each chunk's files are copied and its registry rows
+    /// written in one transaction before it is recorded (PPS: 100).
+    #[arg(long, env = "PUBLICATION_UNEMBARGO_CHUNK", default_value_t = 100)]
+    pub unembargo_chunk: usize,
+}
+
+impl TransferArgs {
+    /// The repositories, empty values read as unset.
+    fn locations(&self) -> (Option<String>, Option<String>, Option<String>) {
+        let set = |r: &Option<String>| r.clone().filter(|r| !r.trim().is_empty());
+        (
+            set(&self.prompt_prep_repository),
+            set(&self.repo_main_repository),
+            set(&self.google_int_repository),
+        )
+    }
+}
+
+/// Arguments of `publication-consumer run-tasks`.
+#[derive(Debug, Args)]
+pub struct RunTasksArgs {
+    /// The repository, the state and the policy, as for `serve`.
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+
+    /// The transfer tasks' repositories, as for `serve`; `--prompt-prep-repository` is needed.
+    #[command(flatten)]
+    pub transfers: TransferArgs,
+}
+
 /// Arguments of `publication-consumer serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -343,36 +407,9 @@ pub struct ServeArgs {
     )]
     pub batch_file_wait_seconds: f64,
 
-    /// `prompt_prep`'s repository (`butler.yaml` or its directory): where released datasets
-    /// are copied, with their visits' records. The transfer tasks run only when it is set.
-    #[arg(long, env = "PUBLICATION_PROMPT_PREP_REPOSITORY")]
-    pub prompt_prep_repository: Option<String>,
-
-    /// `/repo/main`'s repository: where `prompt_prep`'s files are registered in place, by URI.
-    /// Needs `--prompt-prep-repository`.
-    #[arg(long, env = "PUBLICATION_REPO_MAIN_REPOSITORY")]
-    pub repo_main_repository: Option<String>,
-
-    /// The Google `prompt` repository (`butler.yaml` or its directory), whose datastore shares
-    /// `prompt_prep`'s root and datastore names: the types the policy publishes to the public
-    /// are registered there in place and tagged into `--google-tagged-collection`. Needs
-    /// `--prompt-prep-repository`.
-    #[arg(long, env = "PUBLICATION_GOOGLE_INT_REPOSITORY")]
-    pub google_int_repository: Option<String>,
-
-    /// The Google repository's TAGGED collection that published datasets are tagged into; it
-    /// must exist (PPS's `initialize_google_repo` makes it).
-    #[arg(
-        long,
-        env = "PUBLICATION_GOOGLE_TAGGED_COLLECTION",
-        default_value = crate::tasks::PUBLISHED_COLLECTION
-    )]
-    pub google_tagged_collection: String,
-
-    /// Datasets per unembargo chunk: each chunk's files are copied and its registry rows
-    /// written in one transaction before it is recorded (PPS: 100).
-    #[arg(long, env = "PUBLICATION_UNEMBARGO_CHUNK", default_value_t = 100)]
-    pub unembargo_chunk: usize,
+    /// The transfer tasks' repositories.
+    #[command(flatten)]
+    pub transfers: TransferArgs,
 
     /// Seconds the transfer tasks wait after a pass that found nothing to do.
     #[arg(
@@ -435,6 +472,8 @@ impl ServeArgs {
             ));
         }
         let policy = self.policy.load()?;
+        let (prompt_prep_repository, repo_main_repository, google_int_repository) =
+            self.transfers.locations();
         let mut database = PoolSettings {
             max_connections: self.db_max_connections,
             ..PoolSettings::default()
@@ -475,9 +514,9 @@ impl ServeArgs {
             )?,
             clock: Clock::system(),
             metrics: self.metrics.into_settings(crate::sasquatch::APPLICATION)?,
-            prompt_prep_repository: self.prompt_prep_repository.filter(|r| !r.is_empty()),
-            repo_main_repository: self.repo_main_repository.filter(|r| !r.is_empty()),
-            google_int_repository: self.google_int_repository.filter(|r| !r.is_empty()),
+            prompt_prep_repository,
+            repo_main_repository,
+            google_int_repository,
             tasks: crate::tasks::TaskSettings {
                 idle: seconds(
                     self.transfer_idle_seconds,
@@ -489,8 +528,8 @@ impl ServeArgs {
                     .map(|w| crate::tasks::QuietWindow::parse(&w))
                     .transpose()
                     .map_err(|e| ConfigError::new(format!("PUBLICATION_QUIET_WINDOW: {e}")))?,
-                unembargo_chunk: self.unembargo_chunk,
-                tagged_collection: self.google_tagged_collection,
+                unembargo_chunk: self.transfers.unembargo_chunk,
+                tagged_collection: self.transfers.google_tagged_collection,
                 ..crate::tasks::TaskSettings::default()
             },
         };
@@ -513,6 +552,62 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::RegisterCollections(args) => register_collections(*args).await,
         Command::FailedEvents(args) => failed_events(*args).await,
         Command::ResolveFailed(args) => resolve_failed(*args).await,
+        Command::RunTasks(args) => run_tasks(*args).await,
+    }
+}
+
+async fn run_tasks(args: RunTasksArgs) -> ExitCode {
+    let settings = match args.operator.into_settings() {
+        Ok(settings) => settings,
+        Err(error) => return config_error(&error),
+    };
+    let (prompt_prep, repo_main, google_int) = args.transfers.locations();
+    let Some(prompt_prep) = prompt_prep else {
+        return config_error(&ConfigError::new(
+            "run-tasks needs --prompt-prep-repository (PUBLICATION_PROMPT_PREP_REPOSITORY)",
+        ));
+    };
+    if args.transfers.unembargo_chunk == 0 {
+        return config_error(&ConfigError::new(
+            "PUBLICATION_UNEMBARGO_CHUNK must be at least 1",
+        ));
+    }
+    let locations = crate::tasks::RepositoryLocations {
+        embargo: settings.butler_repository.clone(),
+        prompt_prep,
+        repo_main,
+        google_int,
+    };
+    let task_settings = crate::tasks::TaskSettings {
+        unembargo_chunk: args.transfers.unembargo_chunk,
+        tagged_collection: args.transfers.google_tagged_collection,
+        ..crate::tasks::TaskSettings::default()
+    };
+    match crate::register::run_tasks(&settings, &locations, task_settings).await {
+        Ok(progress) => {
+            let mut failed = false;
+            // The per-task lines are the command's output.
+            #[allow(clippy::print_stdout)]
+            for task in &progress.tasks {
+                failed |= task.last_error.is_some();
+                println!(
+                    "{}: {} transferred, {} missing{}",
+                    task.task,
+                    task.transferred,
+                    task.missing,
+                    task.last_error
+                        .as_ref()
+                        .map(|e| format!(", FAILED: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error) => fatal(&error),
     }
 }
 

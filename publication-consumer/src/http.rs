@@ -124,12 +124,12 @@ pub fn metadata() -> Metadata {
 }
 
 async fn transfers(State(state): State<HttpState>) -> impl IntoResponse {
-    let tasks = state
+    let progress = state
         .progress
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    Json(serde_json::json!({ "tasks": tasks }))
+    Json(progress)
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -194,15 +194,9 @@ impl Service {
                 settings.clock.clone(),
                 shutdown.clone(),
             );
-            tokio::spawn(tasks::run(
-                repositories,
-                store,
-                task_settings,
-                policy,
-                clock,
-                progress,
-                stop,
-            ));
+            let tasks =
+                tasks::Tasks::new(repositories, store, task_settings, policy, clock, progress);
+            tokio::spawn(tasks.run(stop));
         }
         let task = tokio::spawn(supervise(Supervised {
             processor,
@@ -292,41 +286,30 @@ async fn open_transfers(settings: &Settings) -> Result<Option<tasks::Repositorie
         info!("transfer tasks off: no prompt_prep repository configured");
         return Ok(None);
     };
-    let open = |label: &'static str, location: String| async move {
-        let mut backoff = Backoff::new(settings.retry);
-        loop {
-            match transfer::Repository::open(label, &location, &settings.database).await {
-                Ok(repository) => return Ok(repository),
-                Err(e) if e.class() == ErrorClass::Retry => {
-                    let wait = backoff.next_wait();
-                    warn!(error = %Chain(&e), wait_ms = wait.as_millis(), "the {label} repository is unavailable; waiting");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(ServiceError::Transfers(e)),
+    let locations = tasks::RepositoryLocations {
+        embargo: settings.butler_repository.clone(),
+        prompt_prep: prompt_prep.clone(),
+        repo_main: settings.repo_main_repository.clone(),
+        google_int: settings.google_int_repository.clone(),
+    };
+    let mut backoff = Backoff::new(settings.retry);
+    let repositories = loop {
+        match tasks::Repositories::open(&locations, &settings.database).await {
+            Ok(repositories) => break repositories,
+            Err(e) if e.class() == ErrorClass::Retry => {
+                let wait = backoff.next_wait();
+                warn!(error = %Chain(&e), wait_ms = wait.as_millis(), "a repository of the transfer tasks is unavailable; waiting");
+                tokio::time::sleep(wait).await;
             }
+            Err(e) => return Err(ServiceError::Transfers(e)),
         }
     };
-    let embargo = open("embargo", settings.butler_repository.clone()).await?;
-    let prompt_prep = Some(open("prompt_prep", prompt_prep.clone()).await?);
-    let repo_main = match &settings.repo_main_repository {
-        Some(location) => Some(open("repo_main", location.clone()).await?),
-        None => None,
-    };
-    let google_int = match &settings.google_int_repository {
-        Some(location) => Some(open("google_int", location.clone()).await?),
-        None => None,
-    };
     info!(
-        repo_main = repo_main.is_some(),
-        google_int = google_int.is_some(),
+        repo_main = locations.repo_main.is_some(),
+        google_int = locations.google_int.is_some(),
         "transfer tasks on: embargo to prompt_prep"
     );
-    Ok(Some(tasks::Repositories {
-        embargo,
-        prompt_prep,
-        repo_main,
-        google_int,
-    }))
+    Ok(Some(repositories))
 }
 
 /// Opens a database, waiting with backoff while it is unavailable.

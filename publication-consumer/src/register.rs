@@ -105,6 +105,9 @@ pub enum RegisterError {
     /// A database failed.
     #[error(transparent)]
     Database(#[from] DatabaseError),
+    /// A repository of the transfer tasks cannot be used.
+    #[error(transparent)]
+    Transfers(#[from] crate::transfer::OpenError),
 }
 
 /// The registry and the state database, opened for an operator's command.
@@ -252,6 +255,26 @@ pub async fn register_collections(
         out.datasets += recorded.datasets;
     }
     Ok(out)
+}
+
+/// Runs the transfer tasks until they have caught up (`run-tasks`), on the state and policy of
+/// `settings`, between the repositories of `locations`.
+pub async fn run_tasks(
+    settings: &RegisterSettings,
+    locations: &crate::tasks::RepositoryLocations,
+    task_settings: crate::tasks::TaskSettings,
+) -> Result<crate::tasks::TransferProgress, RegisterError> {
+    let store = open_store(settings).await?;
+    let repositories = crate::tasks::Repositories::open(locations, &settings.database).await?;
+    let tasks = crate::tasks::Tasks::new(
+        repositories,
+        store,
+        task_settings,
+        settings.policy.clone(),
+        crate::Clock::system(),
+        crate::tasks::Progress::default(),
+    );
+    Ok(tasks.run_until_caught_up().await)
 }
 
 /// The state database alone, for the commands that read or resolve failed events.

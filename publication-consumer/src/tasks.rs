@@ -143,8 +143,19 @@ pub struct TaskProgress {
     pub last_error: Option<String>,
 }
 
-/// Shared view of every task's progress.
-pub type Progress = Arc<Mutex<Vec<TaskProgress>>>;
+/// Every task's progress, and the passes over them: what `/api/v1/transfers` serves.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TransferProgress {
+    /// Per task.
+    pub tasks: Vec<TaskProgress>,
+    /// Passes over every task since the service started.
+    pub passes: u64,
+    /// What the last finished pass moved: 0 once the transfers have caught up with the state.
+    pub last_pass_moved: u64,
+}
+
+/// Shared view of the transfers' progress.
+pub type Progress = Arc<Mutex<TransferProgress>>;
 
 /// The repositories the tasks move between; a task runs only when its target is configured.
 #[derive(Debug)]
@@ -158,6 +169,43 @@ pub struct Repositories {
     /// The Google `prompt` repository (`google_int`), whose datastore shares `prompt_prep`'s
     /// root and names: the publish-to-public datasets are registered there in place and tagged.
     pub google_int: Option<Repository>,
+}
+
+/// Where the repositories of the tasks are: each `butler.yaml` (or its directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryLocations {
+    /// The Embargo repository.
+    pub embargo: String,
+    /// `prompt_prep`.
+    pub prompt_prep: String,
+    /// `/repo/main`, if its tasks run.
+    pub repo_main: Option<String>,
+    /// The Google repository, if its tasks run.
+    pub google_int: Option<String>,
+}
+
+impl Repositories {
+    /// Opens every repository `locations` names.
+    pub async fn open(
+        locations: &RepositoryLocations,
+        pool: &butler_repository::PoolSettings,
+    ) -> Result<Self, transfer::OpenError> {
+        let optional = |label, location: &Option<String>| {
+            let location = location.clone();
+            async move {
+                match location {
+                    Some(location) => Repository::open(label, &location, pool).await.map(Some),
+                    None => Ok(None),
+                }
+            }
+        };
+        Ok(Self {
+            embargo: Repository::open("embargo", &locations.embargo, pool).await?,
+            prompt_prep: Some(Repository::open("prompt_prep", &locations.prompt_prep, pool).await?),
+            repo_main: optional("repo_main", &locations.repo_main).await?,
+            google_int: optional("google_int", &locations.google_int).await?,
+        })
+    }
 }
 
 /// The dataset tasks.
@@ -228,46 +276,85 @@ struct Route<'r> {
     target_column: &'static str,
 }
 
-/// Runs the tasks until `shutdown`.
-pub async fn run(
+/// The transfer tasks over their repositories, driven by the state.
+#[derive(Debug)]
+pub struct Tasks {
     repositories: Repositories,
     store: Store,
     settings: TaskSettings,
+    /// The release policy: PPS's unembargo rule for datasets without a release of ours, and
+    /// the types published to the public.
     policy: Policy,
     clock: Clock,
     progress: Progress,
-    shutdown: CancellationToken,
-) {
-    let runner = Runner {
-        repositories,
-        store,
-        settings,
-        policy,
-        clock,
-        progress,
-    };
-    loop {
-        if let Some(window) = runner.settings.quiet_window {
-            let now = runner.clock.now();
-            if window.contains(now) {
-                let wait = window.remaining(now).max(Duration::from_secs(1));
-                info!(
-                    wait_s = wait.as_secs(),
-                    "transfers wait for the quiet window to end"
-                );
-                if sleep_or_stop(wait, &shutdown).await {
-                    return;
+}
+
+impl Tasks {
+    /// The tasks, booking what they do in `progress`.
+    pub fn new(
+        repositories: Repositories,
+        store: Store,
+        settings: TaskSettings,
+        policy: Policy,
+        clock: Clock,
+        progress: Progress,
+    ) -> Self {
+        Self {
+            repositories,
+            store,
+            settings,
+            policy,
+            clock,
+            progress,
+        }
+    }
+
+    /// Runs the tasks until `shutdown`: a pass, then the idle wait when it moved nothing;
+    /// nothing inside the quiet window.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if let Some(window) = self.settings.quiet_window {
+                let now = self.clock.now();
+                if window.contains(now) {
+                    let wait = window.remaining(now).max(Duration::from_secs(1));
+                    info!(
+                        wait_s = wait.as_secs(),
+                        "transfers wait for the quiet window to end"
+                    );
+                    if sleep_or_stop(wait, &shutdown).await {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
+            }
+            let moved = self.pass(&shutdown).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            self.passed(moved);
+            if moved == 0 && sleep_or_stop(self.settings.idle, &shutdown).await {
+                return;
             }
         }
-        let moved = runner.pass(&shutdown).await;
-        if shutdown.is_cancelled() {
-            return;
+    }
+
+    /// Runs every task, pass after pass, until a pass moves nothing (the tasks have caught up
+    /// with the state), ignoring the quiet window: the Prompt Publication Service's
+    /// `run_tasks`, for an operator. Returns what each task did; a task whose last pass failed
+    /// has its error there.
+    pub async fn run_until_caught_up(self) -> TransferProgress {
+        let never = CancellationToken::new();
+        loop {
+            let moved = self.pass(&never).await;
+            self.passed(moved);
+            if moved == 0 {
+                break;
+            }
         }
-        if moved == 0 && sleep_or_stop(runner.settings.idle, &shutdown).await {
-            return;
-        }
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -279,18 +366,17 @@ async fn sleep_or_stop(wait: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-struct Runner {
-    repositories: Repositories,
-    store: Store,
-    settings: TaskSettings,
-    /// The release policy: PPS's unembargo rule for datasets without a release of ours, and
-    /// the types published to the public.
-    policy: Policy,
-    clock: Clock,
-    progress: Progress,
-}
+impl Tasks {
+    /// Books a finished pass that moved `moved`.
+    fn passed(&self, moved: u64) {
+        let mut progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        progress.passes += 1;
+        progress.last_pass_moved = moved;
+    }
 
-impl Runner {
     /// Every task once, in dependency order; returns how much moved.
     async fn pass(&self, shutdown: &CancellationToken) -> u64 {
         let Some(prompt_prep) = &self.repositories.prompt_prep else {
@@ -370,10 +456,11 @@ impl Runner {
         work: impl Future<Output = Result<(u64, u64), TaskError>>,
     ) -> u64 {
         let result = work.await;
-        let mut progress = self
+        let mut guard = self
             .progress
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let progress = &mut guard.tasks;
         let index = match progress.iter().position(|p| p.task == name) {
             Some(index) => index,
             None => {

@@ -490,16 +490,7 @@ async fn register_batch_re_drives_an_event_given_up_on_once_its_file_is_there() 
 async fn register_collections_backfills_a_run_by_type_once_and_asks_first() {
     let f = fixture(1).await;
     ingest(&f, 7_001_600, 1, 9).await;
-    let mut registry = sqlx::PgConnection::connect(&f.registry.database_url)
-        .await
-        .unwrap();
-    let run: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT DISTINCT c.name FROM {ns}.dataset d JOIN {ns}.collection c ON c.collection_id = d.run_id",
-        ns = f.registry.namespace
-    )))
-    .fetch_one(&mut registry)
-    .await
-    .unwrap();
+    let run = output_run(&f).await;
     let schema = test_support::unique_name("pps");
     let backfill = |args: &[&str], stdin: &str| {
         let mut child = operator_command(&f, &schema, &[&["register-collections"], args].concat())
@@ -545,6 +536,20 @@ async fn register_collections_backfills_a_run_by_type_once_and_asks_first() {
     assert_eq!(status, Some(1));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no collection \"no/such/run\""), "{stderr}");
+}
+
+/// The RUN collection of the fixture's datasets.
+async fn output_run(f: &test_support::Fixture) -> String {
+    let mut registry = sqlx::PgConnection::connect(&f.registry.database_url)
+        .await
+        .unwrap();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT DISTINCT c.name FROM {ns}.dataset d JOIN {ns}.collection c ON c.collection_id = d.run_id",
+        ns = f.registry.namespace
+    )))
+    .fetch_one(&mut registry)
+    .await
+    .unwrap()
 }
 
 /// How many datasets the state has in prompt_prep, and how many the policy has released.
@@ -649,4 +654,77 @@ async fn a_consumer_killed_mid_transfer_ends_where_an_uninterrupted_one_does() {
             "{path}"
         );
     }
+}
+
+/// `run-tasks`, the operator's PPS `run_tasks`: datasets recorded by a backfill under a policy
+/// of 0 h embargoes are copied to prompt_prep by one command, which prints a line per task and
+/// exits once a pass moves nothing; run again, it moves nothing. Without prompt_prep it is a
+/// one-line configuration error.
+#[tokio::test]
+async fn run_tasks_transfers_until_caught_up_and_exits() {
+    let f = fixture(1).await;
+    ingest(&f, 7_001_700, 1, 30).await;
+    let paths = common::daf_butler::datastore_paths(&f.registry).await;
+    common::daf_butler::write_files(&f.registry, &paths, |path| format!("{path}\n").into_bytes());
+    let prep = f
+        .env
+        .fresh_registry_with(test_support::registry::RegistryOptions {
+            without_output_run: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let policy = f.dir.path().join("policy.yaml");
+    let zero = zero_embargoes(publication_consumer::policy::DEPLOYED_POLICY);
+    std::fs::write(&policy, zero).unwrap();
+    let schema = test_support::unique_name("pps");
+    let command = |args: &[&str], prep: Option<&test_support::TestRegistry>| {
+        let mut command = operator_command(&f, &schema, args);
+        command.env("PUBLICATION_POLICY_FILE", &policy);
+        if let Some(prep) = prep {
+            command.env("PUBLICATION_PROMPT_PREP_REPOSITORY", &prep.butler_config);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let run = output_run(&f).await;
+    let (status, stdout, stderr) = command(&["register-collections", &run, "--yes"], None);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let state = sqlx::PgPool::connect(&f.registry.database_url)
+        .await
+        .unwrap();
+    let (_, released) = unembargoed(&state, &schema).await;
+    assert!(released > 0, "the 0 h policy releases some of them");
+
+    let (status, stdout, stderr) = command(&["run-tasks"], Some(&prep));
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("unembargo: {released} transferred, 0 missing")),
+        "{stdout}"
+    );
+    assert_eq!(unembargoed(&state, &schema).await, (released, released));
+    let (status, stdout, _) = command(&["run-tasks"], Some(&prep));
+    assert_eq!(status, Some(0));
+    assert!(stdout.contains("unembargo: 0 transferred"), "{stdout}");
+
+    let (status, _, stderr) = command(&["run-tasks"], None);
+    assert_eq!(status, Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--prompt-prep-repository"), "{stderr}");
+}
+
+/// The policy with every embargo at 0 h.
+fn zero_embargoes(policy: &str) -> String {
+    policy
+        .lines()
+        .map(|line| match line.split_once("embargo_hours:") {
+            Some((indent, _)) => format!("{indent}embargo_hours: 0"),
+            None => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

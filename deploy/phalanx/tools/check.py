@@ -101,6 +101,8 @@ SERVICES: dict[str, dict[str, Any]] = {
             ("publication-consumer/src/cli.rs", "ServeArgs"),
             # Flattened into `serve`: the release policy's file and option.
             ("publication-consumer/src/cli.rs", "PolicyArgs"),
+            # Flattened into `serve`: the transfer tasks' repositories and chunks.
+            ("publication-consumer/src/cli.rs", "TransferArgs"),
             # Flattened into `serve`: the metrics events' METRICS_*, SCHEMA_MANAGER_*.
             ("app-metrics/src/settings.rs", "MetricsArgs"),
         ],
