@@ -849,7 +849,7 @@ mod tests {
     fn defaults() {
         let settings = parse(REQUIRED).expect("valid");
         assert_eq!(settings.topic, "butler-writer-ingestion-events");
-        assert_eq!(settings.group_id, "publication-consumer");
+        assert_eq!(settings.group_id, "prompt-publication");
         assert_eq!(settings.schema, "publication_consumer");
         assert_eq!(settings.policy, crate::policy::Policy::deployed());
         assert!(!settings.policy.release_exposure_only);

@@ -11,8 +11,9 @@ use service_kit::{ConfigError, KafkaSettings, RetrySettings};
 use crate::clock::Clock;
 use crate::policy::{Origin, Policy};
 
-/// The consumer group: its own, so the consumer never shares offsets with another reader.
-pub const DEFAULT_GROUP_ID: &str = "publication-consumer";
+/// The consumer group: the Prompt Publication Service's, so that the consumer replacing it goes on
+/// from its committed offsets (a deployment beside PPS sets a group of its own).
+pub const DEFAULT_GROUP_ID: &str = "prompt-publication";
 /// The Postgres schema of the consumer's state.
 pub const DEFAULT_SCHEMA: &str = "publication_consumer";
 /// The only origin the Python PPS accepts.
