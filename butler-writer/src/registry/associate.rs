@@ -14,9 +14,6 @@ use super::model::ident;
 /// daf_butler's collection type codes (`CollectionType`).
 const TAGGED: i16 = 2;
 
-/// The tags-table columns that are not data ID columns.
-const NOT_DATA_ID: [&str; 3] = ["dataset_type_id", "dataset_id", "collection_id"];
-
 /// Why datasets could not be tagged.
 #[derive(Debug, thiserror::Error)]
 pub enum AssociateError {
@@ -80,36 +77,39 @@ impl Registry {
                 code,
             });
         }
-        let tables: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT DISTINCT t.tag_association_table FROM {ns}.dataset d
+        // The datasets' types, and through the catalog (read again for a type not cached)
+        // their tags tables and those tables' data ID columns.
+        let names: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT DISTINCT t.name FROM {ns}.dataset d
              JOIN {ns}.dataset_type t ON t.id = d.dataset_type_id
-             WHERE d.id = ANY($1) AND t.tag_association_table IS NOT NULL
-             ORDER BY 1"
+             WHERE d.id = ANY($1) ORDER BY 1"
         )))
         .bind(ids)
         .fetch_all(&mut *tx)
         .await
         .doing(doing)?;
-        let mut tagged = 0_u64;
-        for table in tables {
-            // The catalog directly (information_schema's views are slow to plan).
-            let columns: Vec<String> = sqlx::query_scalar(
-                "SELECT a.attname::text FROM pg_attribute a
-                 JOIN pg_class c ON c.oid = a.attrelid
-                 JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
-                 ORDER BY a.attnum",
-            )
-            .bind(&self.namespace)
-            .bind(&table)
-            .fetch_all(&mut *tx)
-            .await
-            .doing(doing)?;
-            let data_id: Vec<&str> = columns
+        let uncached: Vec<String> = {
+            let layout = self.catalog.read();
+            names
                 .iter()
-                .map(String::as_str)
-                .filter(|c| !NOT_DATA_ID.contains(c))
-                .collect();
+                .filter(|n| !layout.dataset_types.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        if !uncached.is_empty() {
+            self.catalog.refresh(&mut tx, Some(&uncached)).await?;
+        }
+        let tables: std::collections::BTreeMap<String, Vec<String>> = {
+            let layout = self.catalog.read();
+            names
+                .iter()
+                .filter_map(|n| layout.dataset_types.get(n))
+                .map(|t| (t.tags_table.clone(), t.dimensions.clone()))
+                .collect()
+        };
+        let mut tagged = 0_u64;
+        for (table, data_id) in tables {
+            let data_id: Vec<&str> = data_id.iter().map(String::as_str).collect();
             let sql = self.associate_sql(&table, &data_id);
             let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
                 .bind(ids)

@@ -8,7 +8,7 @@
 //! registered: creating a tags table is daf_butler's DDL, which this engine does not reproduce.
 //! Any other type is refused with what to do.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use butler_repository::{DatabaseError, Doing, ErrorClass};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
@@ -93,43 +93,45 @@ impl Registry {
         names: &[&str],
     ) -> Result<Vec<DatasetTypeDefinition>, DatabaseError> {
         let mut conn = self.pool.acquire().await.doing("reading dataset types")?;
-        let mut definitions = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some(definition) = self.definition(&mut conn, name).await? {
-                definitions.push(definition);
-            }
-        }
-        Ok(definitions)
+        let mut found = self.definitions(&mut conn, names).await?;
+        Ok(names.iter().filter_map(|n| found.remove(*n)).collect())
     }
 
-    async fn definition(
+    /// The definitions of those of `names` this registry has, by name, in one query.
+    async fn definitions(
         &self,
         conn: &mut PgConnection,
-        name: &str,
-    ) -> Result<Option<DatasetTypeDefinition>, DatabaseError> {
+        names: &[&str],
+    ) -> Result<HashMap<String, DatasetTypeDefinition>, DatabaseError> {
+        let doing = "reading dataset types";
         let ns = &self.namespace_sql;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT t.storage_class, t.calibration_association_table IS NOT NULL AS calibration,
-                    coalesce(array_agg(g.dimension_name) FILTER (WHERE g.dimension_name IS NOT NULL), '{{}}') AS dimensions
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT t.name, t.storage_class, t.calibration_association_table IS NOT NULL AS calibration,
+                    coalesce(array_agg(g.dimension_name::text) FILTER (WHERE g.dimension_name IS NOT NULL), '{{}}') AS dimensions
              FROM {ns}.dataset_type t
              LEFT JOIN {ns}.dimension_graph_definition g ON g.dimension_graph_id = t.dimensions_key
-             WHERE t.name = $1
-             GROUP BY t.storage_class, t.calibration_association_table"
+             WHERE t.name = ANY($1)
+             GROUP BY t.name, t.storage_class, t.calibration_association_table"
         )))
-        .bind(name)
-        .fetch_optional(&mut *conn)
+        .bind(names)
+        .fetch_all(&mut *conn)
         .await
-        .doing("reading a dataset type")?;
-        let Some(row) = row else { return Ok(None) };
-        let dimensions: Vec<String> = row.try_get("dimensions").doing("reading a dataset type")?;
-        Ok(Some(DatasetTypeDefinition {
-            name: name.to_owned(),
-            storage_class: row
-                .try_get("storage_class")
-                .doing("reading a dataset type")?,
-            dimensions: dimensions.into_iter().collect(),
-            calibration: row.try_get("calibration").doing("reading a dataset type")?,
-        }))
+        .doing(doing)?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get("name").doing(doing)?;
+            let dimensions: Vec<String> = row.try_get("dimensions").doing(doing)?;
+            found.insert(
+                name.clone(),
+                DatasetTypeDefinition {
+                    name,
+                    storage_class: row.try_get("storage_class").doing(doing)?,
+                    dimensions: dimensions.into_iter().collect(),
+                    calibration: row.try_get("calibration").doing(doing)?,
+                },
+            );
+        }
+        Ok(found)
     }
 
     /// Registers each of `definitions` this registry does not have, in order, each numbered by
@@ -142,9 +144,11 @@ impl Registry {
         let doing = "registering a dataset type";
         let ns = &self.namespace_sql;
         let mut conn = self.pool.acquire().await.doing(doing)?;
+        let names: Vec<&str> = definitions.iter().map(|d| d.name.as_str()).collect();
+        let present = self.definitions(&mut conn, &names).await?;
         let mut registered = Vec::new();
         for wanted in definitions {
-            if let Some(present) = self.definition(&mut conn, &wanted.name).await? {
+            if let Some(present) = present.get(&wanted.name) {
                 if present.storage_class != wanted.storage_class
                     || present.dimensions != wanted.dimensions
                     || present.calibration != wanted.calibration
